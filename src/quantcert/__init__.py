@@ -1,0 +1,6 @@
+"""quantcert: certified robustness of neural networks to lower precision."""
+
+from quantcert.errors import InputError
+from quantcert.network import INPUT, Network, Node
+
+__all__ = ["INPUT", "InputError", "Network", "Node"]

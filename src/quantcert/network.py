@@ -1,0 +1,132 @@
+"""The IR: a directed acyclic graph of ``Op`` nodes in topological order, one input, one output.
+
+A ``Network`` is a ``torch.nn.Module``: ``net(x)`` returns what the source model returns
+(probabilities after a sigmoid or softmax head, logits otherwise) for a batch ``x`` of shape
+``(B, *input_shape)``. ``net.logits(x)`` returns the pre-head output seed 003 needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from quantcert.errors import InputError
+from quantcert.ops.base import DTYPE, Op
+
+INPUT = "input"
+
+
+@dataclass(frozen=True)
+class Node:
+    """One operation: ``name = op(*inputs)``; ``inputs`` name earlier nodes or ``INPUT``."""
+
+    name: str
+    op: Op
+    inputs: tuple[str, ...]
+
+
+class Network(torch.nn.Module):
+    """A DAG of ops. ``input_shape`` excludes the batch dimension.
+
+    ``head`` names the final node when it is a sigmoid/softmax head (``logits_node`` is then
+    its input); otherwise ``logits_node`` is the output node.
+    """
+
+    def __init__(
+        self,
+        nodes: list[Node],
+        input_shape: tuple[int, ...],
+        head: str | None = None,
+        name: str = "network",
+    ) -> None:
+        super().__init__()
+        if not nodes:
+            raise InputError("the network has no operations")
+        self.nodes = nodes
+        self.input_shape = tuple(input_shape)
+        self.name = name
+        self.output_node = nodes[-1].name
+        self.head = head
+        self.logits_node = nodes[-1].inputs[0] if head is not None else self.output_node
+        self._check()
+
+    # ----------------------------------------------------------------- structure
+    def _check(self) -> None:
+        seen = {INPUT}
+        for node in self.nodes:
+            for src in node.inputs:
+                if src not in seen:
+                    raise InputError(f"node {node.name!r} reads {src!r} before it is computed")
+            seen.add(node.name)
+            for pname, value in node.op.params.items():
+                if not torch.isfinite(value).all():
+                    raise InputError(f"parameter {node.name}.{pname} holds NaN or Inf values")
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def consumers(self) -> dict[str, list[str]]:
+        """For each node (and ``INPUT``), the names of the nodes that read it."""
+        users: dict[str, list[str]] = {INPUT: []}
+        for node in self.nodes:
+            users.setdefault(node.name, [])
+            for src in node.inputs:
+                users[src].append(node.name)
+        return users
+
+    def param_tensors(self) -> dict[str, Tensor]:
+        """All parameter tensors, named ``"<node>.<param>"`` (weights and biases)."""
+        return {
+            f"{node.name}.{pname}": value
+            for node in self.nodes
+            for pname, value in node.op.params.items()
+        }
+
+    def num_params(self) -> int:
+        return sum(int(t.numel()) for t in self.param_tensors().values())
+
+    def node_params(
+        self, node: Node, overrides: Mapping[str, Tensor] | None
+    ) -> dict[str, Tensor]:
+        """The parameters ``node`` runs with: its own, replaced by any of ``overrides``."""
+        own = node.op.params
+        if not overrides:
+            return own
+        return {p: overrides.get(f"{node.name}.{p}", v) for p, v in own.items()}
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(
+        self, x: Tensor, params: Mapping[str, Tensor] | None = None, upto: str | None = None
+    ) -> dict[str, Tensor]:
+        """Every node's output (up to and including ``upto``) for input batch ``x``."""
+        values: dict[str, Tensor] = {INPUT: x.to(DTYPE)}
+        for node in self.nodes:
+            xs = [values[src] for src in node.inputs]
+            values[node.name] = node.op.forward(xs, self.node_params(node, params))
+            if node.name == upto:
+                break
+        return values
+
+    def forward(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        return self.evaluate(x, params)[self.output_node]
+
+    def logits(self, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        return self.evaluate(x, params, upto=self.logits_node)[self.logits_node]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Output shape (without batch) of every node, found by one forward pass."""
+        with torch.no_grad():
+            values = self.evaluate(torch.zeros((1, *self.input_shape), dtype=DTYPE))
+        return {name: tuple(v.shape[1:]) for name, v in values.items()}
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __len__(self) -> int:
+        return len(self.nodes)

@@ -1,0 +1,29 @@
+"""IR operations: one class per operation, each with forward, interval and backward."""
+
+from quantcert.ops.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from quantcert.ops.affine import Affine
+from quantcert.ops.base import DTYPE, Box, Op
+from quantcert.ops.conv import Conv
+from quantcert.ops.heads import Softmax
+from quantcert.ops.linear import AvgPool, Pad, Reshape, Scale, Sum
+from quantcert.ops.pooling import MaxPool
+
+__all__ = [
+    "DTYPE",
+    "Affine",
+    "AvgPool",
+    "Box",
+    "Conv",
+    "Identity",
+    "LeakyReLU",
+    "MaxPool",
+    "Op",
+    "Pad",
+    "ReLU",
+    "Reshape",
+    "Scale",
+    "Sigmoid",
+    "Softmax",
+    "Sum",
+    "Tanh",
+]

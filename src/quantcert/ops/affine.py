@@ -1,0 +1,67 @@
+"""Fully connected layer ``y = x W^T + b`` (ONNX Gemm, MatMul+Add), weights perturbable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from quantcert.ops.base import Box, Op, abs_upper_line, outward
+
+
+def _radius(radius: Mapping[str, Tensor], name: str, like: Tensor) -> Tensor:
+    value = radius.get(name)
+    return torch.zeros_like(like) if value is None else value
+
+
+class Affine(Op):
+    """``weight`` (out, in), ``bias`` (out,); input (B, in), output (B, out)."""
+
+    param_names = ("weight", "bias")
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        if weight.dim() != 2 or bias.shape != weight.shape[:1]:
+            raise ValueError(f"affine weight {tuple(weight.shape)} / bias {tuple(bias.shape)}")
+        self.params = {"weight": weight, "bias": bias}
+
+    def describe(self) -> str:
+        out_f, in_f = self.params["weight"].shape
+        return f"Affine({in_f}->{out_f})"
+
+    def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
+        w, b = params["weight"], params["bias"]
+        x = xs[0]
+        if w.dim() == 3:  # one weight matrix per batch element
+            return torch.einsum("boi,bi->bo", w, x) + b
+        return x @ w.T + b
+
+    def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
+        w, b = self.params["weight"], self.params["bias"]
+        dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
+        box = boxes[0]
+        center = box.center @ w.T + b
+        # (W0 + E)(c + e) - W0 c = W0 e + E (c + e), |E| <= D, |e| <= r.
+        spread = box.radius @ w.abs().T + box.absmax @ dw.T + db
+        magnitude = box.center.abs() @ w.abs().T + b.abs() + spread
+        return outward(center - spread, center + spread, magnitude)
+
+    def backward(
+        self, A: Tensor, boxes: Sequence[Box], radius: Mapping[str, Tensor]
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        w, b = self.params["weight"], self.params["bias"]
+        dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
+        a_abs = A.abs()
+        a_in = A @ w
+        const = A @ b + a_abs @ db
+        magnitude = a_abs @ (b.abs() + db)
+        if bool((dw != 0).any()):
+            # max over |E| <= D of A E z = (|A| D) |z|, and |z| <= slope*z + offset on the box.
+            gain = a_abs @ dw
+            slope, offset = abs_upper_line(boxes[0])
+            a_in = a_in + gain * slope
+            extra = (gain * offset).sum(-1)
+            const = const + extra
+            magnitude = magnitude + extra
+        return [a_in], const, magnitude
