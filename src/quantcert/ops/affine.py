@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from quantcert.ops.base import Box, Op, abs_upper_line, outward
+from quantcert.ops.base import DTYPE, Box, Op, abs_upper_line, outward
 
 
 def _radius(radius: Mapping[str, Tensor], name: str, like: Tensor) -> Tensor:
@@ -20,25 +20,32 @@ class Affine(Op):
 
     param_names = ("weight", "bias")
 
-    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None = None) -> None:
         super().__init__()
-        if weight.dim() != 2 or bias.shape != weight.shape[:1]:
-            raise ValueError(f"affine weight {tuple(weight.shape)} / bias {tuple(bias.shape)}")
-        self.params = {"weight": weight, "bias": bias}
+        if weight.dim() != 2 or (bias is not None and bias.shape != weight.shape[:1]):
+            shapes = (tuple(weight.shape), None if bias is None else tuple(bias.shape))
+            raise ValueError(f"affine weight / bias shapes {shapes}")
+        # A source model without a bias gets no (perturbable) bias here either.
+        self.params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+
+    @property
+    def bias(self) -> Tensor:
+        b = self.params.get("bias")
+        return torch.zeros(self.params["weight"].shape[0], dtype=DTYPE) if b is None else b
 
     def describe(self) -> str:
         out_f, in_f = self.params["weight"].shape
         return f"Affine({in_f}->{out_f})"
 
     def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
-        w, b = params["weight"], params["bias"]
+        w, b = params["weight"], params.get("bias", self.bias)
         x = xs[0]
         if w.dim() == 3:  # one weight matrix per batch element
             return torch.einsum("boi,bi->bo", w, x) + b
         return x @ w.T + b
 
     def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
-        w, b = self.params["weight"], self.params["bias"]
+        w, b = self.params["weight"], self.bias
         dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
         box = boxes[0]
         center = box.center @ w.T + b
@@ -50,7 +57,7 @@ class Affine(Op):
     def backward(
         self, A: Tensor, boxes: Sequence[Box], radius: Mapping[str, Tensor]
     ) -> tuple[list[Tensor], Tensor, Tensor]:
-        w, b = self.params["weight"], self.params["bias"]
+        w, b = self.params["weight"], self.bias
         dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
         a_abs = A.abs()
         a_in = A @ w

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from quantcert.ops.affine import _radius
-from quantcert.ops.base import Box, Op, abs_upper_line, outward
+from quantcert.ops.base import DTYPE, Box, Op, abs_upper_line, outward
 
 
 class Conv(Op):
@@ -20,25 +20,30 @@ class Conv(Op):
     def __init__(
         self,
         weight: Tensor,
-        bias: Tensor,
+        bias: Tensor | None,
         stride: tuple[int, int] = (1, 1),
         padding: tuple[int, int] = (0, 0),
         dilation: tuple[int, int] = (1, 1),
         groups: int = 1,
     ) -> None:
         super().__init__()
-        self.params = {"weight": weight, "bias": bias}
+        self.params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
 
     def describe(self) -> str:
         o, i, kh, kw = self.params["weight"].shape
         return f"Conv({i * self.groups}->{o}, {kh}x{kw}, stride={self.stride})"
 
+    @property
+    def bias(self) -> Tensor:
+        b = self.params.get("bias")
+        return torch.zeros(self.params["weight"].shape[0], dtype=DTYPE) if b is None else b
+
     def _conv(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
-        w, b = params["weight"], params["bias"]
+        w, b = params["weight"], params.get("bias", self.bias)
         x = xs[0]
         if w.dim() == 5:  # one kernel per batch element: fold the batch into groups
             n = x.shape[0]
@@ -50,7 +55,7 @@ class Conv(Op):
         return self._conv(x, w, b)
 
     def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
-        w, b = self.params["weight"], self.params["bias"]
+        w, b = self.params["weight"], self.bias
         dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
         box = boxes[0]
         center = self._conv(box.center, w, b)
@@ -79,7 +84,7 @@ class Conv(Op):
     def backward(
         self, A: Tensor, boxes: Sequence[Box], radius: Mapping[str, Tensor]
     ) -> tuple[list[Tensor], Tensor, Tensor]:
-        w, b = self.params["weight"], self.params["bias"]
+        w, b = self.params["weight"], self.bias
         dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
         box = boxes[0]
         a_abs = A.abs()
