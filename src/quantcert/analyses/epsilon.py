@@ -1,0 +1,103 @@
+"""Seed 000 Defs. 1-2: the largest change ``|f_theta(x) - f_theta0(x)|`` over the parameter
+box, at a point (local) or over an input box (global), per output and overall."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from quantcert.engines.attack import Witness, difference_objective, search
+from quantcert.engines.bab import maximise
+from quantcert.engines.bounds import Method, bound_spec
+from quantcert.engines.pair import difference_network, pair_radii
+from quantcert.engines.perturbation import Perturbation
+from quantcert.network import Network
+from quantcert.ops.base import DTYPE, Box
+from quantcert.report.results import Certificate, QueryResult, WitnessRecord
+
+
+@dataclass(frozen=True)
+class Budget:
+    gap: float = 1e-4
+    timeout: float = 60.0
+    method: Method = "crown"
+
+
+def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
+    """One box (batch 1) shaped like the network's input."""
+    shape = (1, *net.input_shape)
+    return Box(
+        torch.as_tensor(lo, dtype=DTYPE).reshape(shape), torch.as_tensor(hi, dtype=DTYPE).reshape(shape)
+    )
+
+
+def _record(net: Network, w: Witness) -> WitnessRecord:
+    offsets = {k: v.numpy() for k, v in w.offsets(net).items()}
+    return WitnessRecord(w.x.numpy(), offsets, w.value)
+
+
+def epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget = Budget()) -> QueryResult:
+    """Bound ``max |f_theta(x) - f_theta0(x)|`` for x in ``box`` (a point when lo == hi)."""
+    start = time.perf_counter()
+    deadline = start + budget.timeout
+    pair = difference_network(net)
+    radii = pair_radii(pert, pair)
+    n_out = int(np.prod(net.shapes()[net.output_node]))
+    eye = torch.eye(n_out, dtype=DTYPE)
+    signs = torch.cat([eye, -eye])  # rows: +diff_k, -diff_k
+
+    def bound_rows(boxes: Box) -> Tensor:
+        upper, _ = bound_spec(pair, boxes, radii, signs, budget.method)
+        return upper  # (B, 2K)
+
+    objective = difference_objective(net, signs)
+    root_rows = bound_rows(box)[0]
+    per_output = []
+    witnesses = search(net, pert, box, objective, 2 * n_out, restarts=6, steps=60)
+    for k in range(n_out):
+        w = max(witnesses[k], witnesses[n_out + k], key=lambda v: v.value)
+        up = float(torch.maximum(root_rows[k], root_rows[n_out + k]))
+        cert = Certificate(max(w.value, 0.0), max(up, w.value), "bound", _record(net, w), 0.0, _engine(budget))
+        per_output.append(cert)
+    point = bool(torch.equal(box.lo, box.hi))
+    k_star = int(np.argmax([c.upper for c in per_output]))
+    if point:
+        best = max(witnesses, key=lambda v: v.value)
+        lower, upper = best.value, max(c.upper for c in per_output)
+        status = "optimal" if upper - lower <= budget.gap else "bounded"
+        overall = Certificate(lower, upper, status, _record(net, best), 0.0, _engine(budget))
+    else:
+        overall = _global(net, pert, box, bound_rows, objective, 2 * n_out, budget, deadline)
+    elapsed = time.perf_counter() - start
+    overall = _with_time(overall, elapsed)
+    per_output = [_with_time(c, elapsed) for c in per_output]
+    del k_star
+    return QueryResult("epsilon " + ("local" if point else "global"), overall, tuple(per_output), {
+        "perturbation": pert.description, "gap": budget.gap, "timeout": budget.timeout,
+        "lo": box.lo.flatten().tolist() if box.lo.numel() <= 64 else "(large)",
+        "hi": box.hi.flatten().tolist() if box.hi.numel() <= 64 else "(large)",
+    })
+
+
+def _global(net, pert, box, bound_rows, objective, columns, budget, deadline):  # type: ignore[no-untyped-def]
+    def bound(boxes: Box) -> Tensor:
+        return bound_rows(boxes).max(1).values
+
+    def attack(boxes: Box, steps: int) -> Witness:
+        found = search(net, pert, boxes, objective, columns, restarts=2, steps=steps)
+        return max(found, key=lambda w: w.value)
+
+    out = maximise(bound, attack, box, budget.gap, deadline)
+    return Certificate(out.lower, out.upper, out.status, _record(net, out.witness), 0.0, _engine(budget))
+
+
+def _engine(budget: Budget) -> str:
+    return f"quantcert-{budget.method}"
+
+
+def _with_time(c: Certificate, t: float) -> Certificate:
+    return Certificate(c.lower, c.upper, c.status, c.witness, t, c.engine)

@@ -1,0 +1,123 @@
+"""Witness search: projected signed-gradient ascent jointly over the input box and the
+parameter box, with random restarts and parameter-box corners. Every returned value is
+re-evaluated in float64 at the returned (x, theta), which lies inside both boxes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from quantcert.engines.perturbation import Perturbation
+from quantcert.network import Network
+from quantcert.ops.base import DTYPE, Box
+
+#: objective(x (B, *in), params {name: (B, *shape)}) -> (B, K) values to maximise, per column.
+Objective = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
+class Witness:
+    """A concrete (x, theta) and the objective value it attains (float64)."""
+
+    value: float
+    x: Tensor  # (*input_shape)
+    params: dict[str, Tensor]  # the perturbed tensors that differ from theta0
+
+    def offsets(self, net: Network) -> dict[str, Tensor]:
+        nominal = net.param_tensors()
+        return {k: v - nominal[k] for k, v in self.params.items()}
+
+
+def _param_limits(net: Network, pert: Perturbation) -> dict[str, tuple[Tensor, Tensor]]:
+    """Float limits strictly inside the real box ``|theta - theta0| <= D``: one ulp inwards
+    of the rounded end points, so a witness never leaves the perturbation set by rounding."""
+    nominal = net.param_tensors()
+    limits = {}
+    for name, r in pert.radius.items():
+        t0 = nominal[name]
+        lo = torch.minimum(torch.nextafter(t0 - r, t0), t0)
+        hi = torch.maximum(torch.nextafter(t0 + r, t0), t0)
+        limits[name] = (lo, hi)
+    return limits
+
+
+def search(
+    net: Network,
+    pert: Perturbation,
+    box: Box,
+    objective: Objective,
+    columns: int,
+    restarts: int = 8,
+    steps: int = 60,
+    seed: int = 0,
+) -> list[Witness]:
+    """Maximise each of the ``columns`` objective columns over x in any of the boxes
+    (``box``: a batch of B boxes) and theta in the perturbation set. The first start in each
+    box is its centre with the nominal parameters. Returns the best witness per column."""
+    gen = torch.Generator().manual_seed(seed)
+    b = box.lo.shape[0]
+    n = b * columns * restarts
+    which = torch.arange(n) // (columns * restarts)
+    column = (torch.arange(n) // restarts) % columns
+    lo, hi = box.lo[which], box.hi[which]
+    limits = _param_limits(net, pert)
+    first = torch.arange(n) % restarts == 0
+    x = lo + (hi - lo) * torch.rand(lo.shape, generator=gen, dtype=DTYPE)
+    x[first] = ((lo + hi) / 2)[first]
+    params = {}
+    nominal = net.param_tensors()
+    for name, (plo, phi) in limits.items():
+        corner = torch.randint(0, 2, (n, *plo.shape), generator=gen).to(DTYPE)
+        start = plo + (phi - plo) * corner
+        start[first] = nominal[name]
+        params[name] = start
+    for step in range(steps):
+        size = 0.5 * (1 - step / steps) ** 2 + 1e-3
+        x, params = _ascent_step(objective, column, x, params, lo, hi, limits, size)
+    with torch.no_grad():
+        values = objective(x, params)[torch.arange(n), column]
+    return [_best(values, x, params, column == k) for k in range(columns)]
+
+
+def _ascent_step(
+    objective: Objective,
+    column: Tensor,
+    x: Tensor,
+    params: dict[str, Tensor],
+    lo: Tensor,
+    hi: Tensor,
+    limits: dict[str, tuple[Tensor, Tensor]],
+    size: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    x = x.detach().requires_grad_(True)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    value = objective(x, leaves)[torch.arange(x.shape[0]), column].sum()
+    grads = torch.autograd.grad(value, [x, *leaves.values()], allow_unused=True)
+    with torch.no_grad():
+        gx = grads[0] if grads[0] is not None else torch.zeros_like(x)
+        x_new = torch.clamp(x + size * (hi - lo) * gx.sign(), lo, hi)
+        new = {}
+        for (name, leaf), g in zip(leaves.items(), grads[1:], strict=True):
+            plo, phi = limits[name]
+            g = torch.zeros_like(leaf) if g is None else g
+            new[name] = torch.clamp(leaf + size * (phi - plo) * g.sign(), plo, phi)
+    return x_new, new
+
+
+def _best(values: Tensor, x: Tensor, params: dict[str, Tensor], mask: Tensor) -> Witness:
+    masked = torch.where(mask, values, torch.full_like(values, -torch.inf))
+    i = int(masked.argmax())
+    return Witness(float(values[i]), x[i].detach().clone(), {k: v[i].detach().clone() for k, v in params.items()})
+
+
+def difference_objective(net: Network, signs: Tensor) -> Objective:
+    """Columns ``signs[k] * (f_theta(x) - f_theta0(x))[out[k]]``; ``signs`` (K, n_out)."""
+
+    def objective(x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        d = (net(x, params) - net(x)).flatten(1)
+        return d @ signs.T
+
+    return objective

@@ -1,0 +1,95 @@
+"""Branch and bound over the input box for ``max objective(x, theta)``.
+
+Keeps a pool of sub-boxes with sound upper bounds. Each round splits the boxes with the
+highest upper bounds along their widest (relative) side, bounds the children in one batch,
+searches for witnesses inside the most promising children, and drops every box whose upper
+bound cannot beat the best witness. Anytime: ``[lower, upper]`` is valid after every round;
+a timeout or Ctrl-C ends the search with the bounds so far.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from quantcert.engines.attack import Witness
+from quantcert.ops.base import Box
+
+BoundFn = Callable[[Box], Tensor]  # boxes (B, *in) -> sound upper bounds (B,)
+AttackFn = Callable[[Box, int], Witness]  # boxes, effort (steps) -> best witness
+
+
+@dataclass(frozen=True)
+class BabOutcome:
+    lower: float
+    upper: float
+    witness: Witness
+    status: str  # "optimal" (gap reached), "timeout", "interrupted", "exhausted"
+    boxes: int
+    rounds: int
+
+
+def maximise(
+    bound: BoundFn,
+    attack: AttackFn,
+    root: Box,
+    gap: float,
+    deadline: float,
+    batch: int = 64,
+    max_boxes: int = 200_000,
+) -> BabOutcome:
+    """``root`` is one box (batch 1). ``deadline`` is a ``time.perf_counter`` value."""
+    width = (root.hi - root.lo).flatten(1)[0]
+    scale = torch.where(width > 0, width, torch.ones_like(width))
+    lo, hi = root.lo.flatten(1), root.hi.flatten(1)
+    shape = root.lo.shape[1:]
+    ub = bound(root)
+    best = attack(root, 60)
+    pruned_max = -torch.inf
+    rounds, status, seen = 0, "exhausted", 1
+    try:
+        while True:
+            upper = max(float(ub.max()) if ub.numel() else -torch.inf, pruned_max, best.value)
+            if upper - best.value <= gap:
+                status = "optimal"
+                break
+            if time.perf_counter() > deadline:
+                status = "timeout"
+                break
+            if lo.shape[0] > max_boxes or not bool((width > 0).any()):
+                break
+            rounds += 1
+            order = ub.argsort(descending=True)
+            pick, rest = order[: max(1, batch // 2)], order[max(1, batch // 2) :]
+            c_lo, c_hi = _split(lo[pick], hi[pick], scale)
+            c_box = Box(c_lo.reshape(-1, *shape), c_hi.reshape(-1, *shape))
+            c_ub = bound(c_box)
+            top = c_ub.argsort(descending=True)[:4]
+            found = attack(Box(c_box.lo[top], c_box.hi[top]), 8)
+            if found.value > best.value:
+                best = found
+            seen += c_lo.shape[0]
+            lo, hi, ub = torch.cat([lo[rest], c_lo]), torch.cat([hi[rest], c_hi]), torch.cat([ub[rest], c_ub])
+            keep = ub > best.value
+            if not bool(keep.all()):
+                pruned_max = max(pruned_max, float(ub[~keep].max()))
+            lo, hi, ub = lo[keep], hi[keep], ub[keep]
+    except KeyboardInterrupt:
+        status = "interrupted"
+    upper = max(float(ub.max()) if ub.numel() else -torch.inf, pruned_max, best.value)
+    return BabOutcome(best.value, upper, best, status, seen, rounds)
+
+
+def _split(lo: Tensor, hi: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Halve each box (rows of lo/hi) along its widest side relative to the root box."""
+    dim = ((hi - lo) / scale).argmax(1)
+    rows = torch.arange(lo.shape[0])
+    mid = (lo[rows, dim] + hi[rows, dim]) / 2
+    left_hi, right_lo = hi.clone(), lo.clone()
+    left_hi[rows, dim] = mid
+    right_lo[rows, dim] = mid
+    return torch.cat([lo, right_lo]), torch.cat([left_hi, hi])

@@ -1,0 +1,147 @@
+"""Sound bounds on every node of a network over an input box and a parameter box.
+
+Intervals (IBP) run forward through every node. Before each nonlinear op (and at the queried
+node) the bounds are tightened by a backward linear pass (CROWN): the coefficients ``A`` start
+at the node and flow back through each op's ``backward`` transfer to the input, where they are
+concretised over the box. Each node keeps the intersection of both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from quantcert.network import INPUT, Network, Node
+from quantcert.ops.base import DTYPE, REL_MARGIN, Box
+from quantcert.ops.activations import LeakyReLU
+
+Method = Literal["ibp", "crown"]
+Radii = Mapping[str, Mapping[str, Tensor]]
+_NO_RADIUS: dict[str, Tensor] = {}
+
+
+def backward_upper(
+    net: Network, bounds: Mapping[str, Box], radii: Radii, target: str, A0: Tensor
+) -> Tensor:
+    """Upper bound of ``sum(A0 * node_target)`` per row: ``A0`` (S, B, *shape) -> (S, B).
+
+    ``bounds`` must hold every node before ``target`` (and the input).
+    """
+    coeffs: dict[str, Tensor] = {target: A0}
+    s, b = A0.shape[:2]
+    const = torch.zeros((s, b), dtype=DTYPE)
+    magnitude = torch.zeros((s, b), dtype=DTYPE)
+    for node in _ancestors_reversed(net, target):
+        a = coeffs.pop(node.name, None)
+        if a is None:
+            continue
+        ins = [bounds[src] for src in node.inputs]
+        res = node.op.backward(a, ins, radii.get(node.name, _NO_RADIUS))
+        if res is None:  # no linear transfer: concretise over this node's own bounds
+            c, m = _concretise(a, bounds[node.name])
+            const, magnitude = const + c, magnitude + m
+            continue
+        a_ins, c, m = res
+        const, magnitude = const + c, magnitude + m
+        for src, a_in in zip(node.inputs, a_ins, strict=True):
+            coeffs[src] = coeffs[src] + a_in if src in coeffs else a_in
+    if INPUT in coeffs:
+        c, m = _concretise(coeffs[INPUT], bounds[INPUT])
+        const, magnitude = const + c, magnitude + m
+    return const + REL_MARGIN * magnitude
+
+
+def _ancestors_reversed(net: Network, target: str) -> list[Node]:
+    order: list[Node] = []
+    for node in net.nodes:
+        order.append(node)
+        if node.name == target:
+            break
+    return order[::-1]
+
+
+def _concretise(a: Tensor, box: Box) -> tuple[Tensor, Tensor]:
+    """max of ``sum(a * z)`` over the box, and the magnitude of its terms."""
+    lo, hi = box.lo.unsqueeze(0), box.hi.unsqueeze(0)
+    value = (a.clamp(min=0) * hi + a.clamp(max=0) * lo).flatten(2).sum(-1)
+    magnitude = (a.abs() * torch.maximum(lo.abs(), hi.abs())).flatten(2).sum(-1)
+    return value, magnitude
+
+
+def _rows_to_tighten(node: Node, consumers: list[Node], box: Box) -> Tensor | None:
+    """Flat indices of the neurons of ``node`` whose bounds are worth a backward pass."""
+    nonlinear = [c for c in consumers if c.op.nonlinear]
+    if not nonlinear:
+        return None
+    lo, hi = box.lo.flatten(1), box.hi.flatten(1)
+    if all(isinstance(c.op, LeakyReLU) for c in nonlinear):
+        wanted = ((lo < 0) & (hi > 0)).any(0)  # only unstable neurons change the relaxation
+    else:
+        wanted = ((hi - lo) > 1e-12 * (1 + torch.maximum(lo.abs(), hi.abs()))).any(0)
+    rows = wanted.nonzero().flatten()
+    return rows if rows.numel() else None
+
+
+def tighten(net: Network, bounds: Mapping[str, Box], radii: Radii, name: str, rows: Tensor) -> Box:
+    """CROWN bounds of the chosen neurons of node ``name``, returned as a box of its shape."""
+    box = bounds[name]
+    b = box.lo.shape[0]
+    numel = box.lo[0].numel()
+    eye = torch.zeros((rows.numel(), numel), dtype=DTYPE)
+    eye[torch.arange(rows.numel()), rows] = 1.0
+    spec = torch.cat([eye, -eye]).unsqueeze(1).expand(-1, b, -1)
+    spec = spec.reshape(2 * rows.numel(), b, *box.lo.shape[1:])
+    upper = backward_upper(net, bounds, radii, name, spec)
+    hi_rows, lo_rows = upper[: rows.numel()].T, -upper[rows.numel() :].T  # (B, R)
+    lo, hi = box.lo.flatten(1).clone(), box.hi.flatten(1).clone()
+    lo[:, rows] = torch.maximum(lo[:, rows], lo_rows)
+    hi[:, rows] = torch.minimum(hi[:, rows], hi_rows)
+    return Box(lo.reshape(box.lo.shape), hi.reshape(box.hi.shape))
+
+
+def bound_nodes(
+    net: Network, box: Box, radii: Radii, method: Method = "crown", upto: str | None = None
+) -> dict[str, Box]:
+    """Bounds of every node (up to ``upto``) for inputs in ``box`` (B, *input_shape)."""
+    bounds: dict[str, Box] = {INPUT: box}
+    users = net.consumers()
+    by_name = {n.name: n for n in net.nodes}
+    for node in net.nodes:
+        ins = [bounds[src] for src in node.inputs]
+        bounds[node.name] = node.op.interval(ins, radii.get(node.name, _NO_RADIUS))
+        if method == "crown":
+            rows = _rows_to_tighten(node, [by_name[u] for u in users[node.name]], bounds[node.name])
+            if rows is not None:
+                bounds[node.name] = tighten(net, bounds, radii, node.name, rows)
+        if node.name == upto:
+            break
+    return bounds
+
+
+def bound_spec(
+    net: Network,
+    box: Box,
+    radii: Radii,
+    spec: Tensor,
+    method: Method = "crown",
+    target: str | None = None,
+) -> tuple[Tensor, dict[str, Box]]:
+    """Upper bounds of ``spec @ flatten(node)`` for the target node (default: the output).
+
+    ``spec`` (S, numel) -> upper bounds (B, S); also returns the node bounds used.
+    """
+    target = target or net.output_node
+    bounds = bound_nodes(net, box, radii, method, upto=target)
+    out = bounds[target]
+    b = out.lo.shape[0]
+    lo, hi = out.lo.flatten(1), out.hi.flatten(1)
+    interval_upper = (spec.clamp(min=0) @ hi.T + spec.clamp(max=0) @ lo.T).T  # (B, S)
+    interval_upper = interval_upper + REL_MARGIN * (spec.abs() @ torch.maximum(lo.abs(), hi.abs()).T).T
+    if method == "ibp":
+        return interval_upper, bounds
+    A0 = spec.unsqueeze(1).expand(-1, b, -1).reshape(spec.shape[0], b, *out.lo.shape[1:])
+    crown = backward_upper(net, bounds, radii, target, A0).T
+    return torch.minimum(crown, interval_upper), bounds
