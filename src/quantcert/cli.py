@@ -45,6 +45,105 @@ def info(model: ModelArg, json: JsonOpt = None) -> None:
     emit(describe(load(model)), json)
 
 
+DeltaOpt = Annotated[float | None, typer.Option("--delta", help="Absolute radius on every parameter")]
+RelOpt = Annotated[
+    float | None, typer.Option("--relative", help="Relative radius: delta * |theta0|")
+]
+SelectOpt = Annotated[
+    list[str] | None, typer.Option("--select", help="Perturb only these layers/tensors")
+]
+AtOpt = Annotated[str | None, typer.Option("--at", help="A point: X1,X2,... | .npy | .vnnlib")]
+DomainOpt = Annotated[
+    str | None, typer.Option("--domain", help="A box: LO:HI,... | .vnnlib | .csv")
+]
+GapOpt = Annotated[float, typer.Option("--gap", help="Stop when upper - lower <= GAP")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Time budget in seconds")]
+MethodOpt = Annotated[str, typer.Option("--method", help="Bounds: crown or ibp")]
+
+
+def _query_setup(
+    model: str, delta: float | None, rel: float | None, select: list[str] | None,
+    at: str | None, domain: str | None,
+) -> tuple[Any, Any, Any]:
+    from quantcert.analyses.epsilon import input_box
+    from quantcert.engines import perturbation
+    from quantcert.intake import load
+    from quantcert.intake.domain import parse_domain, parse_point
+
+    net = load(model)
+    if (delta is None) == (rel is None):
+        raise InputError("give exactly one of --delta and --relative")
+    pert = (
+        perturbation.absolute(net, delta, select) if delta is not None
+        else perturbation.relative(net, rel or 0.0, select)
+    )
+    if (at is None) == (domain is None):
+        raise InputError("give exactly one of --at (a point) and --domain (a box)")
+    n_inputs = 1
+    for d in net.input_shape:
+        n_inputs *= d
+    if at is not None:
+        x = parse_point(at, n_inputs)
+        box = input_box(net, x, x)
+    else:
+        lo, hi = parse_domain(domain or "", n_inputs)
+        box = input_box(net, lo, hi)
+    return net, pert, box
+
+
+def _budget(gap: float, timeout: float, method: str) -> Any:
+    from quantcert.analyses.epsilon import Budget
+
+    if method not in ("crown", "ibp"):
+        raise InputError(f"--method must be crown or ibp, got {method!r}")
+    if not gap >= 0 or not timeout > 0:
+        raise InputError("--gap must be >= 0 and --timeout > 0")
+    return Budget(gap=gap, timeout=timeout, method=method)  # type: ignore[arg-type]
+
+
+def _emit_query(result: Any, json_target: str | None) -> None:
+    """Write a query result; a large witness goes to an .npz beside the JSON."""
+    import dataclasses
+
+    import numpy as np
+
+    witness = result.overall.witness
+    if json_target not in (None, "-") and witness is not None:
+        path = Path(str(json_target)).with_suffix(".witness.npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, x=witness.x, **{k.replace("/", "_"): v for k, v in witness.param_offsets.items()})
+        result = dataclasses.replace(result, params_file=str(path))
+    emit(result, json_target)
+
+
+@app.command()
+def epsilon(
+    model: ModelArg, delta: DeltaOpt = None, relative: RelOpt = None, select: SelectOpt = None,
+    at: AtOpt = None, domain: DomainOpt = None, gap: GapOpt = 1e-4, timeout: TimeoutOpt = 60.0,
+    method: MethodOpt = "crown", json: JsonOpt = None,
+) -> None:
+    """Largest output change |f_theta(x) - f_theta0(x)| (seed 000 Defs. 1-2)."""
+    from quantcert.analyses.epsilon import epsilon as run
+
+    net, pert, box = _query_setup(model, delta, relative, select, at, domain)
+    _emit_query(run(net, pert, box, _budget(gap, timeout, method)), json)
+
+
+@app.command()
+def flip(
+    model: ModelArg, delta: DeltaOpt = None, relative: RelOpt = None, select: SelectOpt = None,
+    at: AtOpt = None, domain: DomainOpt = None, timeout: TimeoutOpt = 60.0,
+    method: MethodOpt = "crown",
+    level: Annotated[float | None, typer.Option(help="Decision level (sigmoid: 0.5)")] = None,
+    json: JsonOpt = None,
+) -> None:
+    """Can a parameter setting in the box change the label? (seed 000 Defs. 3-4)."""
+    from quantcert.analyses.flip import flip as run
+
+    net, pert, box = _query_setup(model, delta, relative, select, at, domain)
+    _emit_query(run(net, pert, box, _budget(0.0, timeout, method), level), json)
+
+
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="Folder for figures")] = Path("quantcert-demo")) -> None:
     """The built-in case study: the seed's cat model."""

@@ -41,8 +41,10 @@ def maximise(
     deadline: float,
     batch: int = 64,
     max_boxes: int = 200_000,
+    decided: Callable[[float, float], bool] | None = None,
 ) -> BabOutcome:
-    """``root`` is one box (batch 1). ``deadline`` is a ``time.perf_counter`` value."""
+    """``root`` is one box (batch 1). ``deadline`` is a ``time.perf_counter`` value.
+    ``decided(lower, upper)`` may end the search early (verification queries)."""
     width = (root.hi - root.lo).flatten(1)[0]
     scale = torch.where(width > 0, width, torch.ones_like(width))
     lo, hi = root.lo.flatten(1), root.hi.flatten(1)
@@ -54,7 +56,7 @@ def maximise(
     try:
         while True:
             upper = max(float(ub.max()) if ub.numel() else -torch.inf, pruned_max, best.value)
-            if upper - best.value <= gap:
+            if upper - best.value <= gap or (decided is not None and decided(best.value, upper)):
                 status = "optimal"
                 break
             if time.perf_counter() > deadline:

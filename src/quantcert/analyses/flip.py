@@ -1,0 +1,125 @@
+"""Seed 000 Defs. 3-4: can a parameter setting in the box change the label, at a point or
+anywhere in an input box?
+
+Work in logit space. A flip score ``g(x, theta)`` is positive exactly where the nominal and
+perturbed labels differ: for a binary head with threshold ``t`` (``logit(level)`` after a
+sigmoid), ``g = max(min(z_n - t, t - z_p), min(t - z_n, z_p - t))``; for ``K`` classes,
+``g = max_c min(z_n[c] - max_j z_n[j], max_j z_p[j] - z_p[c])``. ``verified`` when a sound
+upper bound of ``g`` is negative, ``falsified`` when a witness really changes the label.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from quantcert.analyses.epsilon import Budget, _record
+from quantcert.engines.attack import Objective, search
+from quantcert.engines.bab import maximise
+from quantcert.engines.bounds import bound_spec
+from quantcert.engines.pair import NOMINAL, PERTURBED, difference_network, pair_radii
+from quantcert.engines.perturbation import Perturbation
+from quantcert.errors import InputError
+from quantcert.network import Network
+from quantcert.ops.base import DTYPE, Box
+from quantcert.report.results import Certificate, QueryResult
+
+
+def threshold(net: Network, level: float | None) -> float:
+    """The logit threshold of a binary network: positive label iff logit >= threshold."""
+    if net.head is not None and type(net.node(net.head).op).__name__ == "Sigmoid":
+        lv = 0.5 if level is None else level
+        if not 0.0 < lv < 1.0:
+            raise InputError(f"--level must lie in (0, 1) for a sigmoid output, got {lv}")
+        return math.log(lv / (1 - lv))
+    return 0.0 if level is None else level
+
+
+def labels(logits: Tensor, t: float) -> Tensor:
+    """Labels from logits (B, K): binary ``z >= t``, else argmax."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] >= t).long()
+    return logits.argmax(1)
+
+
+def _pair_specs(k: int) -> Tensor:
+    """Rows ``e_c - e_j`` for all c != j (binary: rows +1 and -1)."""
+    if k == 1:
+        return torch.tensor([[1.0], [-1.0]], dtype=DTYPE)
+    rows = [torch.eye(k, dtype=DTYPE)[c] - torch.eye(k, dtype=DTYPE)[j] for c in range(k) for j in range(k) if c != j]
+    return torch.stack(rows)
+
+
+def _score_upper(u_n: Tensor, u_p: Tensor, k: int, t: float) -> Tensor:
+    """Upper bound of the flip score per box from spec upper bounds (B, rows)."""
+    if k == 1:
+        pos_to_neg = torch.minimum(u_n[:, 0] - t, u_p[:, 1] + t)
+        neg_to_pos = torch.minimum(u_n[:, 1] + t, u_p[:, 0] - t)
+        return torch.maximum(pos_to_neg, neg_to_pos)
+    b = u_n.shape[0]
+    full_n = torch.full((b, k, k), torch.inf, dtype=DTYPE)
+    full_p = torch.full((b, k, k), -torch.inf, dtype=DTYPE)
+    idx = [(c, j) for c in range(k) for j in range(k) if c != j]
+    for r, (c, j) in enumerate(idx):
+        full_n[:, c, j] = u_n[:, r]
+        full_p[:, c, j] = u_p[:, r]
+    stays = full_n.min(2).values  # >= z_n[c] - max_j z_n[j]
+    moves = full_p.max(1).values  # >= max_j z_p[j] - z_p[c]
+    return torch.minimum(stays, moves).max(1).values
+
+
+def score_objective(net: Network, t: float) -> Objective:
+    def objective(x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        z_p, z_n = net.logits(x, params), net.logits(x)
+        if z_n.shape[1] == 1:
+            a = torch.minimum(z_n[:, 0] - t, t - z_p[:, 0])
+            b = torch.minimum(t - z_n[:, 0], z_p[:, 0] - t)
+            return torch.maximum(a, b).unsqueeze(1)
+        k = z_n.shape[1]
+        eye = torch.eye(k, dtype=torch.bool)
+        n_other = z_n.unsqueeze(1).expand(-1, k, -1).masked_fill(eye, -torch.inf).max(2).values
+        p_other = z_p.unsqueeze(1).expand(-1, k, -1).masked_fill(eye, -torch.inf).max(2).values
+        score = torch.minimum(z_n - n_other, p_other - z_p)
+        return score.max(1).values.unsqueeze(1)
+
+    return objective
+
+
+def flip(
+    net: Network, pert: Perturbation, box: Box, budget: Budget = Budget(), level: float | None = None
+) -> QueryResult:
+    start = time.perf_counter()
+    t = threshold(net, level)
+    pair = difference_network(net, logits=True)
+    radii = pair_radii(pert, pair)
+    k = int(net.shapes()[net.logits_node][0]) if len(net.shapes()[net.logits_node]) == 1 else -1
+    if k < 1:
+        raise InputError("flip needs a network whose logits are a vector")
+    spec = _pair_specs(k)
+
+    def bound(boxes: Box) -> Tensor:
+        u_n, _ = bound_spec(pair, boxes, radii, spec, budget.method, target=NOMINAL + net.logits_node)
+        u_p, _ = bound_spec(pair, boxes, radii, spec, budget.method, target=PERTURBED + net.logits_node)
+        return _score_upper(u_n, u_p, k, t)
+
+    objective = score_objective(net, t)
+
+    def attack(boxes: Box, steps: int):  # type: ignore[no-untyped-def]
+        return search(net, pert, boxes, objective, 1, restarts=4, steps=steps)[0]
+
+    out = maximise(bound, attack, box, 0.0, start + budget.timeout, decided=lambda lo, up: lo > 0 or up < 0)
+    w = out.witness
+    params = {name: v.unsqueeze(0) for name, v in w.params.items()}
+    x = w.x.unsqueeze(0)
+    really = bool(labels(net.logits(x, params), t) != labels(net.logits(x), t))
+    status = "falsified" if really else ("verified" if out.upper < 0 else "unknown")
+    cert = Certificate(w.value, out.upper, status, _record(net, w), time.perf_counter() - start, f"quantcert-{budget.method}")
+    point = bool(torch.equal(box.lo, box.hi))
+    return QueryResult("flip " + ("local" if point else "global"), cert, (), {
+        "perturbation": pert.description, "threshold_logit": t, "timeout": budget.timeout,
+        "score": "positive iff the label changes; upper < 0 proves no flip",
+    })

@@ -1,0 +1,129 @@
+"""The bound engine against independent truths: sampling and attacks never beat ``upper``,
+closed forms sit inside ``[lower, upper]``, and float rounding cannot push a bound the wrong
+way."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import hypothesis.strategies as st
+import numpy as np
+import torch
+from conftest import ACTIVATIONS, cat_network, mlp
+from hypothesis import given, settings
+
+from quantcert.analyses.epsilon import Budget, epsilon, input_box
+from quantcert.engines import perturbation
+from quantcert.engines.attack import difference_objective, search
+from quantcert.engines.bounds import bound_spec
+from quantcert.engines.pair import difference_network, pair_radii
+from quantcert.network import INPUT, Network, Node
+from quantcert.ops import DTYPE, Affine, Box, Identity
+
+
+def _sampled_max(net: Network, delta: float, box: Box, n: int = 4000, seed: int = 0) -> torch.Tensor:
+    """Largest |f_theta(x) - f_theta0(x)| per output over random corners of the parameter box."""
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = box.lo[0], box.hi[0]
+    x = lo + (hi - lo) * torch.rand((n, *lo.shape), generator=gen, dtype=DTYPE)
+    params = {
+        k: v + delta * (2 * torch.randint(0, 2, (n, *v.shape), generator=gen).to(DTYPE) - 1)
+        for k, v in net.param_tensors().items()
+    }
+    with torch.no_grad():
+        return (net(x, params) - net(x)).abs().max(0).values
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    act=st.sampled_from(sorted(ACTIVATIONS)),
+    seed=st.integers(0, 1000),
+    width=st.floats(0.0, 1.0),
+    delta=st.floats(1e-4, 0.1),
+    method=st.sampled_from(["ibp", "crown"]),
+)
+def test_no_sample_or_attack_beats_the_bound(act: str, seed: int, width: float, delta: float, method: str) -> None:
+    net = mlp([3, 6, 5, 2], act, seed=seed, head=False)
+    pert = perturbation.absolute(net, delta)
+    center = torch.randn((1, 3), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    box = Box(center - width, center + width)
+    pair = difference_network(net)
+    signs = torch.cat([torch.eye(2, dtype=DTYPE), -torch.eye(2, dtype=DTYPE)])
+    upper, _ = bound_spec(pair, box, pair_radii(pert, pair), signs, method)  # type: ignore[arg-type]
+    eps_upper = torch.maximum(upper[0, :2], upper[0, 2:])
+    assert bool((_sampled_max(net, delta, box) <= eps_upper).all())
+    attacked = search(net, pert, box, difference_objective(net, signs), 4, restarts=3, steps=30)
+    assert all(w.value <= float(upper[0, k]) for k, w in enumerate(attacked))
+
+
+def _exact_local_2layer(net: Network, x: np.ndarray, delta: float, relu: bool) -> float:
+    """Exact max over the parameter box of |sigmoid(z2) change| for a 2-h-1 net at ``x``.
+
+    Each hidden unit has its own parameters, so the maximum separates: unit j's value ranges
+    over ``act([pre_j - r, pre_j + r])`` with ``r = delta (|x|_1 + 1)`` and its outgoing weight
+    over ``[w_j - delta, w_j + delta]``; their product is extreme at a corner.
+    """
+    p = {k: v.numpy() for k, v in net.param_tensors().items()}
+    w1, b1, w2, b2 = p["fc0.weight"], p["fc0.bias"], p["fc1.weight"][0], float(p["fc1.bias"][0])
+    pre = w1 @ x + b1
+    r = delta * (np.abs(x).sum() + 1)
+    act = (lambda v: np.maximum(v, 0)) if relu else (lambda v: v)
+    a_lo, a_hi = act(pre - r), act(pre + r)
+    corners = np.stack([(w2 + s * delta) * a for s in (-1, 1) for a in (a_lo, a_hi)])
+    z_max = b2 + delta + corners.max(0).sum()
+    z_min = b2 - delta + corners.min(0).sum()
+    z0 = w2 @ act(pre) + b2
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    return max(sig(z_max) - sig(z0), sig(z0) - sig(z_min))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 1000), relu=st.booleans(), delta=st.floats(1e-4, 0.05))
+def test_local_epsilon_contains_the_exact_two_layer_value(seed: int, relu: bool, delta: float) -> None:
+    net = mlp([2, 3, 1], "relu" if relu else "identity", seed=seed, head=True, scale=2.0)
+    x = np.random.default_rng(seed).uniform(-1, 1, 2)
+    res = epsilon(net, perturbation.absolute(net, delta), input_box(net, x, x), Budget(gap=1e-6))
+    exact = _exact_local_2layer(net, x, delta, relu)
+    assert res.overall.lower <= exact + 1e-12 <= res.overall.upper + 2e-12
+    assert res.overall.lower >= exact - 1e-9  # the witness finds the corner
+
+
+def test_global_epsilon_closes_the_gap_on_a_two_layer_net() -> None:
+    net = mlp([2, 3, 1], "relu", seed=3, head=True, scale=2.0)
+    delta = 0.01
+    res = epsilon(net, perturbation.absolute(net, delta), input_box(net, -np.ones(2), np.ones(2)), Budget(gap=1e-4, timeout=30))
+    grid = np.linspace(-1, 1, 121)
+    reference = max(_exact_local_2layer(net, np.array([a, b]), delta, True) for a in grid for b in grid)
+    assert res.overall.status == "optimal"
+    assert res.overall.gap <= 1e-4
+    assert reference <= res.overall.upper
+    assert res.overall.lower >= reference - 1e-4
+
+
+def test_cat_global_epsilon_matches_the_closed_form() -> None:
+    """Single sigmoid neuron: at each x the change is largest at t = +-delta (1 + H + W)."""
+    net = cat_network()
+    c0, c1, c2 = -3.51518067, 0.07577862, 1.18118408
+    lo, hi = np.array([6.3, 2.0]), np.array([20.5, 3.9])
+    res = epsilon(net, perturbation.absolute(net, 0.005), input_box(net, lo, hi), Budget(gap=1e-5))
+    h, w = np.meshgrid(np.linspace(6.3, 20.5, 1001), np.linspace(2.0, 3.9, 1001))
+    z, t = c0 + c1 * h + c2 * w, 0.005 * (1 + h + w)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    reference = max((sig(z + t) - sig(z)).max(), (sig(z) - sig(z - t)).max())
+    assert res.overall.lower - 1e-12 <= reference <= res.overall.upper
+    assert res.overall.gap <= 1e-5
+
+
+def test_bounds_survive_float_rounding() -> None:
+    """Huge and tiny weights: the exact (rational) maximum must not exceed the float bound."""
+    w = torch.tensor([[1e16, 1.0, -1e16, 3.0, 1e-8]], dtype=DTYPE)
+    net = Network([Node("fc", Affine(w, torch.tensor([1.0], dtype=DTYPE)), (INPUT,)), Node("id", Identity(), ("fc",))], (5,))
+    x = np.array([1.0, 1.0, 1.0, 1.0, 3.0])
+    delta = 1e-3
+    res = epsilon(net, perturbation.absolute(net, delta), input_box(net, x, x))
+    exact = Fraction(delta) * (sum(Fraction(abs(v)) for v in x) + 1)  # max |change| of z
+    assert Fraction(res.overall.upper) >= exact
+    # The hazard is real: float32 arithmetic on the same sum rounds it away entirely.
+    naive = np.float32(1e16) + np.float32(1.0) - np.float32(1e16) + np.float32(3.0)
+    assert Fraction(float(naive)) != Fraction(1e16) + 1 - Fraction(1e16) + 3
