@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
@@ -24,13 +25,17 @@ ACTIVATIONS = {
 CAT = (-3.51518067, 0.07577862, 1.18118408)
 
 
-def mlp(sizes: list[int], act: str, seed: int = 0, head: bool = False, scale: float = 1.0) -> Network:
+def mlp(
+    sizes: list[int], act: str, seed: int = 0, head: bool = False, scale: float = 1.0
+) -> Network:
     """A random fully connected network; ``head`` adds a sigmoid output."""
     gen = torch.Generator().manual_seed(seed)
     nodes, prev = [], INPUT
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         w = torch.randn(b, a, generator=gen, dtype=DTYPE) * scale / a**0.5
-        nodes.append(Node(f"fc{i}", Affine(w, torch.randn(b, generator=gen, dtype=DTYPE) * 0.5), (prev,)))
+        nodes.append(
+            Node(f"fc{i}", Affine(w, torch.randn(b, generator=gen, dtype=DTYPE) * 0.5), (prev,))
+        )
         prev = f"fc{i}"
         if i < len(sizes) - 2:
             nodes.append(Node(f"act{i}", ACTIVATIONS[act](), (prev,)))
@@ -44,4 +49,6 @@ def cat_network() -> Network:
     c0, c1, c2 = CAT
     w = torch.tensor([[c1, c2]], dtype=DTYPE)
     b = torch.tensor([c0], dtype=DTYPE)
-    return Network([Node("fc", Affine(w, b), (INPUT,)), Node("out", Sigmoid(), ("fc",))], (2,), head="out")
+    return Network(
+        [Node("fc", Affine(w, b), (INPUT,)), Node("out", Sigmoid(), ("fc",))], (2,), head="out"
+    )

@@ -10,9 +10,9 @@ from fractions import Fraction
 import hypothesis.strategies as st
 import numpy as np
 import torch
-from conftest import ACTIVATIONS, cat_network, mlp
 from hypothesis import given, settings
 
+from conftest import ACTIVATIONS, cat_network, mlp
 from quantcert.analyses.epsilon import Budget, epsilon, input_box
 from quantcert.engines import perturbation
 from quantcert.engines.attack import difference_objective, search
@@ -22,7 +22,9 @@ from quantcert.network import INPUT, Network, Node
 from quantcert.ops import DTYPE, Affine, Box, Identity
 
 
-def _sampled_max(net: Network, delta: float, box: Box, n: int = 4000, seed: int = 0) -> torch.Tensor:
+def _sampled_max(
+    net: Network, delta: float, box: Box, n: int = 4000, seed: int = 0
+) -> torch.Tensor:
     """Largest |f_theta(x) - f_theta0(x)| per output over random corners of the parameter box."""
     gen = torch.Generator().manual_seed(seed)
     lo, hi = box.lo[0], box.hi[0]
@@ -43,7 +45,9 @@ def _sampled_max(net: Network, delta: float, box: Box, n: int = 4000, seed: int 
     delta=st.floats(1e-4, 0.1),
     method=st.sampled_from(["ibp", "crown"]),
 )
-def test_no_sample_or_attack_beats_the_bound(act: str, seed: int, width: float, delta: float, method: str) -> None:
+def test_no_sample_or_attack_beats_the_bound(
+    act: str, seed: int, width: float, delta: float, method: str
+) -> None:
     net = mlp([3, 6, 5, 2], act, seed=seed, head=False)
     pert = perturbation.absolute(net, delta)
     center = torch.randn((1, 3), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
@@ -80,7 +84,9 @@ def _exact_local_2layer(net: Network, x: np.ndarray, delta: float, relu: bool) -
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 1000), relu=st.booleans(), delta=st.floats(1e-4, 0.05))
-def test_local_epsilon_contains_the_exact_two_layer_value(seed: int, relu: bool, delta: float) -> None:
+def test_local_epsilon_contains_the_exact_two_layer_value(
+    seed: int, relu: bool, delta: float
+) -> None:
     net = mlp([2, 3, 1], "relu" if relu else "identity", seed=seed, head=True, scale=2.0)
     x = np.random.default_rng(seed).uniform(-1, 1, 2)
     res = epsilon(net, perturbation.absolute(net, delta), input_box(net, x, x), Budget(gap=1e-6))
@@ -92,9 +98,16 @@ def test_local_epsilon_contains_the_exact_two_layer_value(seed: int, relu: bool,
 def test_global_epsilon_closes_the_gap_on_a_two_layer_net() -> None:
     net = mlp([2, 3, 1], "relu", seed=3, head=True, scale=2.0)
     delta = 0.01
-    res = epsilon(net, perturbation.absolute(net, delta), input_box(net, -np.ones(2), np.ones(2)), Budget(gap=1e-4, timeout=30))
+    res = epsilon(
+        net,
+        perturbation.absolute(net, delta),
+        input_box(net, -np.ones(2), np.ones(2)),
+        Budget(gap=1e-4, timeout=30),
+    )
     grid = np.linspace(-1, 1, 121)
-    reference = max(_exact_local_2layer(net, np.array([a, b]), delta, True) for a in grid for b in grid)
+    reference = max(
+        _exact_local_2layer(net, np.array([a, b]), delta, True) for a in grid for b in grid
+    )
     assert res.overall.status == "optimal"
     assert res.overall.gap <= 1e-4
     assert reference <= res.overall.upper
@@ -118,7 +131,13 @@ def test_cat_global_epsilon_matches_the_closed_form() -> None:
 def test_bounds_survive_float_rounding() -> None:
     """Huge and tiny weights: the exact (rational) maximum must not exceed the float bound."""
     w = torch.tensor([[1e16, 1.0, -1e16, 3.0, 1e-8]], dtype=DTYPE)
-    net = Network([Node("fc", Affine(w, torch.tensor([1.0], dtype=DTYPE)), (INPUT,)), Node("id", Identity(), ("fc",))], (5,))
+    net = Network(
+        [
+            Node("fc", Affine(w, torch.tensor([1.0], dtype=DTYPE)), (INPUT,)),
+            Node("id", Identity(), ("fc",)),
+        ],
+        (5,),
+    )
     x = np.array([1.0, 1.0, 1.0, 1.0, 3.0])
     delta = 1e-3
     res = epsilon(net, perturbation.absolute(net, delta), input_box(net, x, x))

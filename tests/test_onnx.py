@@ -9,15 +9,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import MODELS, SHARED
 
+from conftest import MODELS, SHARED
 from quantcert import load
 from quantcert.errors import InputError
 
 SHIPPED = sorted(MODELS.glob("*.onnx"))
 
 
-def _compare(path: Path, lo: np.ndarray | None = None, hi: np.ndarray | None = None, n: int = 8) -> float:
+def _compare(
+    path: Path, lo: np.ndarray | None = None, hi: np.ndarray | None = None, n: int = 8
+) -> float:
     net = load(path)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
@@ -77,13 +79,14 @@ def test_every_vnncomp_network_matches_onnxruntime_in_its_box() -> None:
 def test_unsupported_operator_is_named(tmp_path: Path) -> None:
     node = onnx.helper.make_node("Cos", ["x"], ["y"], name="weird")
     graph = onnx.helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3])],
     )
     path = tmp_path / "cos.onnx"
     onnx.save(onnx.helper.make_model(graph), str(path))
-    with pytest.raises(InputError, match="Cos.*weird"):
+    with pytest.raises(InputError, match=r"Cos.*weird"):
         load(path)
 
 
@@ -91,7 +94,8 @@ def test_nan_weights_rejected(tmp_path: Path) -> None:
     w = onnx.numpy_helper.from_array(np.array([[np.nan, 1.0]], dtype=np.float32), "w")
     node = onnx.helper.make_node("Gemm", ["x", "w"], ["y"], transB=1)
     graph = onnx.helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 1])],
         [w],
@@ -112,8 +116,12 @@ def test_garbage_file_rejected(tmp_path: Path) -> None:
 def test_batchnorm_folds_into_conv(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     arrays = {
-        "w": rng.normal(size=(4, 2, 3, 3)), "b": rng.normal(size=4), "g": rng.uniform(0.5, 2, 4),
-        "be": rng.normal(size=4), "m": rng.normal(size=4), "v": rng.uniform(0.5, 2, 4),
+        "w": rng.normal(size=(4, 2, 3, 3)),
+        "b": rng.normal(size=4),
+        "g": rng.uniform(0.5, 2, 4),
+        "be": rng.normal(size=4),
+        "m": rng.normal(size=4),
+        "v": rng.uniform(0.5, 2, 4),
     }
     inits = [onnx.numpy_helper.from_array(a.astype(np.float32), k) for k, a in arrays.items()]
     nodes = [
@@ -121,13 +129,16 @@ def test_batchnorm_folds_into_conv(tmp_path: Path) -> None:
         onnx.helper.make_node("BatchNormalization", ["c", "g", "be", "m", "v"], ["y"]),
     ]
     graph = onnx.helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 5, 5])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 5, 5])],
         inits,
     )
     path = tmp_path / "bn.onnx"
-    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(path))
+    onnx.save(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(path)
+    )
     net = load(path)
     assert len(net) == 1  # folded
     assert _compare(path) < 1e-5

@@ -11,8 +11,22 @@ import torch
 from hypothesis import given, settings
 
 from quantcert.ops import (
-    DTYPE, Affine, AvgPool, Box, Conv, Identity, LeakyReLU, MaxPool, Op, Pad, ReLU, Reshape,
-    Scale, Sigmoid, Softmax, Tanh,
+    DTYPE,
+    Affine,
+    AvgPool,
+    Box,
+    Conv,
+    Identity,
+    LeakyReLU,
+    MaxPool,
+    Op,
+    Pad,
+    ReLU,
+    Reshape,
+    Scale,
+    Sigmoid,
+    Softmax,
+    Tanh,
 )
 
 
@@ -22,7 +36,9 @@ def _conv(gen: torch.Generator) -> tuple[Op, tuple[int, ...]]:
 
 
 def _affine(gen: torch.Generator) -> tuple[Op, tuple[int, ...]]:
-    return Affine(torch.randn(4, 5, generator=gen, dtype=DTYPE), torch.randn(4, generator=gen, dtype=DTYPE)), (5,)
+    return Affine(
+        torch.randn(4, 5, generator=gen, dtype=DTYPE), torch.randn(4, generator=gen, dtype=DTYPE)
+    ), (5,)
 
 
 MAKERS: dict[str, Callable[[torch.Generator], tuple[Op, tuple[int, ...]]]] = {
@@ -37,7 +53,10 @@ MAKERS: dict[str, Callable[[torch.Generator], tuple[Op, tuple[int, ...]]]] = {
     "avgpool": lambda g: (AvgPool((2, 2), (2, 2)), (2, 6, 6)),
     "pad": lambda g: (Pad((1, 0, 2, 1)), (2, 3, 3)),
     "reshape": lambda g: (Reshape((12,)), (3, 4)),
-    "scale": lambda g: (Scale(torch.tensor([-2.0, 0.5, 3.0], dtype=DTYPE), torch.tensor(0.3, dtype=DTYPE)), (3,)),
+    "scale": lambda g: (
+        Scale(torch.tensor([-2.0, 0.5, 3.0], dtype=DTYPE), torch.tensor(0.3, dtype=DTYPE)),
+        (3,),
+    ),
     "softmax": lambda g: (Softmax(), (4,)),
 }
 
@@ -45,7 +64,9 @@ MAKERS: dict[str, Callable[[torch.Generator], tuple[Op, tuple[int, ...]]]] = {
 def _samples(op: Op, box: Box, radius: dict[str, torch.Tensor], n: int, gen: torch.Generator):  # type: ignore[no-untyped-def]
     lo, hi = box.lo[0], box.hi[0]
     z = lo + (hi - lo) * torch.rand((n, *lo.shape), generator=gen, dtype=DTYPE)
-    z[: n // 4] = torch.where(torch.rand((n // 4, *lo.shape), generator=gen) < 0.5, lo, hi)  # corners
+    z[: n // 4] = torch.where(
+        torch.rand((n // 4, *lo.shape), generator=gen) < 0.5, lo, hi
+    )  # corners
     params = {}
     for name, value in op.params.items():
         r = radius.get(name, torch.zeros_like(value))
@@ -56,7 +77,9 @@ def _samples(op: Op, box: Box, radius: dict[str, torch.Tensor], n: int, gen: tor
 
 @pytest.mark.parametrize("kind", sorted(MAKERS))
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), width=st.floats(0.0, 3.0), delta=st.sampled_from([0.0, 0.05, 0.3]))
+@given(
+    seed=st.integers(0, 10_000), width=st.floats(0.0, 3.0), delta=st.sampled_from([0.0, 0.05, 0.3])
+)
 def test_transfers_are_sound(kind: str, seed: int, width: float, delta: float) -> None:
     gen = torch.Generator().manual_seed(seed)
     op, shape = MAKERS[kind](gen)

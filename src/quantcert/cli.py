@@ -18,7 +18,9 @@ app = typer.Typer(
     help="Certified robustness of neural networks to lower precision.",
 )
 
-ModelArg = Annotated[str, typer.Argument(help="A .onnx/.pt/.joblib path or cat, ath-relu, ath-linear")]
+ModelArg = Annotated[
+    str, typer.Argument(help="A .onnx/.pt/.joblib path or cat, ath-relu, ath-linear")
+]
 JsonOpt = Annotated[
     str | None, typer.Option("--json", help="Write the result as JSON to PATH ('-': stdout)")
 ]
@@ -45,7 +47,9 @@ def info(model: ModelArg, json: JsonOpt = None) -> None:
     emit(describe(load(model)), json)
 
 
-DeltaOpt = Annotated[float | None, typer.Option("--delta", help="Absolute radius on every parameter")]
+DeltaOpt = Annotated[
+    float | None, typer.Option("--delta", help="Absolute radius on every parameter")
+]
 RelOpt = Annotated[
     float | None, typer.Option("--relative", help="Relative radius: delta * |theta0|")
 ]
@@ -62,8 +66,12 @@ MethodOpt = Annotated[str, typer.Option("--method", help="Bounds: crown or ibp")
 
 
 def _query_setup(
-    model: str, delta: float | None, rel: float | None, select: list[str] | None,
-    at: str | None, domain: str | None,
+    model: str,
+    delta: float | None,
+    rel: float | None,
+    select: list[str] | None,
+    at: str | None,
+    domain: str | None,
 ) -> tuple[Any, Any, Any]:
     from quantcert.analyses.epsilon import input_box
     from quantcert.engines import perturbation
@@ -74,7 +82,8 @@ def _query_setup(
     if (delta is None) == (rel is None):
         raise InputError("give exactly one of --delta and --relative")
     pert = (
-        perturbation.absolute(net, delta, select) if delta is not None
+        perturbation.absolute(net, delta, select)
+        if delta is not None
         else perturbation.relative(net, rel or 0.0, select)
     )
     if (at is None) == (domain is None):
@@ -86,9 +95,20 @@ def _query_setup(
         x = parse_point(at, n_inputs)
         box = input_box(net, x, x)
     else:
-        lo, hi = parse_domain(domain or "", n_inputs)
+        lo, hi = parse_domain(domain or "", n_inputs, csv_columns=_case_columns(model))
         box = input_box(net, lo, hi)
     return net, pert, box
+
+
+def _case_columns(model: str) -> tuple[str, ...] | None:
+    """A built-in case's CSV columns in model input order (for ``--domain FILE.csv``)."""
+    from quantcert.intake import BUILTIN_CASES
+
+    if model not in BUILTIN_CASES:
+        return None
+    from quantcert.cases.builtin import case_info
+
+    return case_info(model).columns
 
 
 def _budget(gap: float, timeout: float, method: str) -> Any:
@@ -111,16 +131,25 @@ def _emit_query(result: Any, json_target: str | None) -> None:
     if json_target not in (None, "-") and witness is not None:
         path = Path(str(json_target)).with_suffix(".witness.npz")
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, x=witness.x, **{k.replace("/", "_"): v for k, v in witness.param_offsets.items()})
+        np.savez_compressed(
+            path, x=witness.x, **{k.replace("/", "_"): v for k, v in witness.param_offsets.items()}
+        )
         result = dataclasses.replace(result, params_file=str(path))
     emit(result, json_target)
 
 
 @app.command()
 def epsilon(
-    model: ModelArg, delta: DeltaOpt = None, relative: RelOpt = None, select: SelectOpt = None,
-    at: AtOpt = None, domain: DomainOpt = None, gap: GapOpt = 1e-4, timeout: TimeoutOpt = 60.0,
-    method: MethodOpt = "crown", json: JsonOpt = None,
+    model: ModelArg,
+    delta: DeltaOpt = None,
+    relative: RelOpt = None,
+    select: SelectOpt = None,
+    at: AtOpt = None,
+    domain: DomainOpt = None,
+    gap: GapOpt = 1e-4,
+    timeout: TimeoutOpt = 60.0,
+    method: MethodOpt = "crown",
+    json: JsonOpt = None,
 ) -> None:
     """Largest output change |f_theta(x) - f_theta0(x)| (seed 000 Defs. 1-2)."""
     from quantcert.analyses.epsilon import epsilon as run
@@ -131,8 +160,13 @@ def epsilon(
 
 @app.command()
 def flip(
-    model: ModelArg, delta: DeltaOpt = None, relative: RelOpt = None, select: SelectOpt = None,
-    at: AtOpt = None, domain: DomainOpt = None, timeout: TimeoutOpt = 60.0,
+    model: ModelArg,
+    delta: DeltaOpt = None,
+    relative: RelOpt = None,
+    select: SelectOpt = None,
+    at: AtOpt = None,
+    domain: DomainOpt = None,
+    timeout: TimeoutOpt = 60.0,
     method: MethodOpt = "crown",
     level: Annotated[float | None, typer.Option(help="Decision level (sigmoid: 0.5)")] = None,
     json: JsonOpt = None,
@@ -145,7 +179,9 @@ def flip(
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option(help="Folder for figures")] = Path("quantcert-demo")) -> None:
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for figures")] = Path("quantcert-demo"),
+) -> None:
     """The built-in case study: the seed's cat model."""
     from quantcert.analyses.demo import run_demo
 

@@ -91,9 +91,7 @@ class Network(torch.nn.Module):
     def num_params(self) -> int:
         return sum(int(t.numel()) for t in self.param_tensors().values())
 
-    def node_params(
-        self, node: Node, overrides: Mapping[str, Tensor] | None
-    ) -> dict[str, Tensor]:
+    def node_params(self, node: Node, overrides: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
         """The parameters ``node`` runs with: its own, replaced by any of ``overrides``."""
         own = node.op.params
         if not overrides:

@@ -4,13 +4,14 @@ box, at a point (local) or over an input box (global), per output and overall.""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from quantcert.engines.attack import Witness, difference_objective, search
+from quantcert.engines.attack import Objective, Witness, difference_objective, search
 from quantcert.engines.bab import maximise
 from quantcert.engines.bounds import Method, bound_spec
 from quantcert.engines.pair import difference_network, pair_radii
@@ -31,7 +32,8 @@ def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
     """One box (batch 1) shaped like the network's input."""
     shape = (1, *net.input_shape)
     return Box(
-        torch.as_tensor(lo, dtype=DTYPE).reshape(shape), torch.as_tensor(hi, dtype=DTYPE).reshape(shape)
+        torch.as_tensor(lo, dtype=DTYPE).reshape(shape),
+        torch.as_tensor(hi, dtype=DTYPE).reshape(shape),
     )
 
 
@@ -57,14 +59,18 @@ def epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget = Budget(
     objective = difference_objective(net, signs)
     root_rows = bound_rows(box)[0]
     per_output = []
-    witnesses = search(net, pert, box, objective, 2 * n_out, restarts=6, steps=60)
+    small = pert.count * n_out < 200_000  # large nets: one start per column, fewer steps
+    witnesses = search(
+        net, pert, box, objective, 2 * n_out, restarts=6 if small else 1, steps=60 if small else 25
+    )
     for k in range(n_out):
         w = max(witnesses[k], witnesses[n_out + k], key=lambda v: v.value)
         up = float(torch.maximum(root_rows[k], root_rows[n_out + k]))
-        cert = Certificate(max(w.value, 0.0), max(up, w.value), "bound", _record(net, w), 0.0, _engine(budget))
+        cert = Certificate(
+            max(w.value, 0.0), max(up, w.value), "bound", _record(net, w), 0.0, _engine(budget)
+        )
         per_output.append(cert)
     point = bool(torch.equal(box.lo, box.hi))
-    k_star = int(np.argmax([c.upper for c in per_output]))
     if point:
         best = max(witnesses, key=lambda v: v.value)
         lower, upper = best.value, max(c.upper for c in per_output)
@@ -75,24 +81,42 @@ def epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget = Budget(
     elapsed = time.perf_counter() - start
     overall = _with_time(overall, elapsed)
     per_output = [_with_time(c, elapsed) for c in per_output]
-    del k_star
-    return QueryResult("epsilon " + ("local" if point else "global"), overall, tuple(per_output), {
-        "perturbation": pert.description, "gap": budget.gap, "timeout": budget.timeout,
-        "lo": box.lo.flatten().tolist() if box.lo.numel() <= 64 else "(large)",
-        "hi": box.hi.flatten().tolist() if box.hi.numel() <= 64 else "(large)",
-    })
+    return QueryResult(
+        "epsilon " + ("local" if point else "global"),
+        overall,
+        tuple(per_output),
+        {
+            "perturbation": pert.description,
+            "gap": budget.gap,
+            "timeout": budget.timeout,
+            "lo": box.lo.flatten().tolist() if box.lo.numel() <= 64 else "(large)",
+            "hi": box.hi.flatten().tolist() if box.hi.numel() <= 64 else "(large)",
+        },
+    )
 
 
-def _global(net, pert, box, bound_rows, objective, columns, budget, deadline):  # type: ignore[no-untyped-def]
+def _global(
+    net: Network,
+    pert: Perturbation,
+    box: Box,
+    bound_rows: Callable[[Box], Tensor],
+    objective: Objective,
+    columns: int,
+    budget: Budget,
+    deadline: float,
+) -> Certificate:
     def bound(boxes: Box) -> Tensor:
-        return bound_rows(boxes).max(1).values
+        upper: Tensor = bound_rows(boxes).max(1).values
+        return upper
 
     def attack(boxes: Box, steps: int) -> Witness:
         found = search(net, pert, boxes, objective, columns, restarts=2, steps=steps)
         return max(found, key=lambda w: w.value)
 
     out = maximise(bound, attack, box, budget.gap, deadline)
-    return Certificate(out.lower, out.upper, out.status, _record(net, out.witness), 0.0, _engine(budget))
+    return Certificate(
+        out.lower, out.upper, out.status, _record(net, out.witness), 0.0, _engine(budget)
+    )
 
 
 def _engine(budget: Budget) -> str:

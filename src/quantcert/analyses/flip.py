@@ -50,7 +50,12 @@ def _pair_specs(k: int) -> Tensor:
     """Rows ``e_c - e_j`` for all c != j (binary: rows +1 and -1)."""
     if k == 1:
         return torch.tensor([[1.0], [-1.0]], dtype=DTYPE)
-    rows = [torch.eye(k, dtype=DTYPE)[c] - torch.eye(k, dtype=DTYPE)[j] for c in range(k) for j in range(k) if c != j]
+    rows = [
+        torch.eye(k, dtype=DTYPE)[c] - torch.eye(k, dtype=DTYPE)[j]
+        for c in range(k)
+        for j in range(k)
+        if c != j
+    ]
     return torch.stack(rows)
 
 
@@ -90,7 +95,11 @@ def score_objective(net: Network, t: float) -> Objective:
 
 
 def flip(
-    net: Network, pert: Perturbation, box: Box, budget: Budget = Budget(), level: float | None = None
+    net: Network,
+    pert: Perturbation,
+    box: Box,
+    budget: Budget = Budget(),
+    level: float | None = None,
 ) -> QueryResult:
     start = time.perf_counter()
     t = threshold(net, level)
@@ -102,8 +111,12 @@ def flip(
     spec = _pair_specs(k)
 
     def bound(boxes: Box) -> Tensor:
-        u_n, _ = bound_spec(pair, boxes, radii, spec, budget.method, target=NOMINAL + net.logits_node)
-        u_p, _ = bound_spec(pair, boxes, radii, spec, budget.method, target=PERTURBED + net.logits_node)
+        u_n, _ = bound_spec(
+            pair, boxes, radii, spec, budget.method, target=NOMINAL + net.logits_node
+        )
+        u_p, _ = bound_spec(
+            pair, boxes, radii, spec, budget.method, target=PERTURBED + net.logits_node
+        )
         return _score_upper(u_n, u_p, k, t)
 
     objective = score_objective(net, t)
@@ -111,15 +124,31 @@ def flip(
     def attack(boxes: Box, steps: int):  # type: ignore[no-untyped-def]
         return search(net, pert, boxes, objective, 1, restarts=4, steps=steps)[0]
 
-    out = maximise(bound, attack, box, 0.0, start + budget.timeout, decided=lambda lo, up: lo > 0 or up < 0)
+    out = maximise(
+        bound, attack, box, 0.0, start + budget.timeout, decided=lambda lo, up: lo > 0 or up < 0
+    )
     w = out.witness
     params = {name: v.unsqueeze(0) for name, v in w.params.items()}
     x = w.x.unsqueeze(0)
     really = bool(labels(net.logits(x, params), t) != labels(net.logits(x), t))
     status = "falsified" if really else ("verified" if out.upper < 0 else "unknown")
-    cert = Certificate(w.value, out.upper, status, _record(net, w), time.perf_counter() - start, f"quantcert-{budget.method}")
+    cert = Certificate(
+        w.value,
+        out.upper,
+        status,
+        _record(net, w),
+        time.perf_counter() - start,
+        f"quantcert-{budget.method}",
+    )
     point = bool(torch.equal(box.lo, box.hi))
-    return QueryResult("flip " + ("local" if point else "global"), cert, (), {
-        "perturbation": pert.description, "threshold_logit": t, "timeout": budget.timeout,
-        "score": "positive iff the label changes; upper < 0 proves no flip",
-    })
+    return QueryResult(
+        "flip " + ("local" if point else "global"),
+        cert,
+        (),
+        {
+            "perturbation": pert.description,
+            "threshold_logit": t,
+            "timeout": budget.timeout,
+            "score": "positive iff the label changes; upper < 0 proves no flip",
+        },
+    )

@@ -57,14 +57,17 @@ class ModelInfo:
 
 def describe(net: Network) -> ModelInfo:
     shapes = net.shapes()
-    layers = tuple(
-        LayerInfo(n.name, n.op.describe(), n.inputs, shapes[n.name]) for n in net.nodes
-    )
+    layers = tuple(LayerInfo(n.name, n.op.describe(), n.inputs, shapes[n.name]) for n in net.nodes)
     params = tuple(
         ParamInfo(name, tuple(t.shape), int(t.numel()), float(t.min()), float(t.max()))
         for name, t in net.param_tensors().items()
     )
     return ModelInfo(
-        net.name, net.input_shape, shapes[net.output_node], net.head, layers, params,
+        net.name,
+        net.input_shape,
+        shapes[net.output_node],
+        net.head,
+        layers,
+        params,
         net.num_params(),
     )

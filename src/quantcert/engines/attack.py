@@ -110,7 +110,11 @@ def _ascent_step(
 def _best(values: Tensor, x: Tensor, params: dict[str, Tensor], mask: Tensor) -> Witness:
     masked = torch.where(mask, values, torch.full_like(values, -torch.inf))
     i = int(masked.argmax())
-    return Witness(float(values[i]), x[i].detach().clone(), {k: v[i].detach().clone() for k, v in params.items()})
+    return Witness(
+        float(values[i]),
+        x[i].detach().clone(),
+        {k: v[i].detach().clone() for k, v in params.items()},
+    )
 
 
 def difference_objective(net: Network, signs: Tensor) -> Objective:
@@ -118,6 +122,7 @@ def difference_objective(net: Network, signs: Tensor) -> Objective:
 
     def objective(x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         d = (net(x, params) - net(x)).flatten(1)
-        return d @ signs.T
+        out: Tensor = d @ signs.T
+        return out
 
     return objective

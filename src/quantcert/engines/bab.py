@@ -75,7 +75,11 @@ def maximise(
             if found.value > best.value:
                 best = found
             seen += c_lo.shape[0]
-            lo, hi, ub = torch.cat([lo[rest], c_lo]), torch.cat([hi[rest], c_hi]), torch.cat([ub[rest], c_ub])
+            lo, hi, ub = (
+                torch.cat([lo[rest], c_lo]),
+                torch.cat([hi[rest], c_hi]),
+                torch.cat([ub[rest], c_ub]),
+            )
             keep = ub > best.value
             if not bool(keep.all()):
                 pruned_max = max(pruned_max, float(ub[~keep].max()))

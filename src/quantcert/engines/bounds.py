@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from quantcert.network import INPUT, Network, Node
-from quantcert.ops.base import DTYPE, REL_MARGIN, Box
 from quantcert.ops.activations import LeakyReLU
+from quantcert.ops.base import DTYPE, REL_MARGIN, Box
 
 Method = Literal["ibp", "crown"]
 Radii = Mapping[str, Mapping[str, Tensor]]
@@ -139,7 +139,9 @@ def bound_spec(
     b = out.lo.shape[0]
     lo, hi = out.lo.flatten(1), out.hi.flatten(1)
     interval_upper = (spec.clamp(min=0) @ hi.T + spec.clamp(max=0) @ lo.T).T  # (B, S)
-    interval_upper = interval_upper + REL_MARGIN * (spec.abs() @ torch.maximum(lo.abs(), hi.abs()).T).T
+    interval_upper = (
+        interval_upper + REL_MARGIN * (spec.abs() @ torch.maximum(lo.abs(), hi.abs()).T).T
+    )
     if method == "ibp":
         return interval_upper, bounds
     A0 = spec.unsqueeze(1).expand(-1, b, -1).reshape(spec.shape[0], b, *out.lo.shape[1:])

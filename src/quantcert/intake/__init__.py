@@ -35,4 +35,6 @@ def load(source: str | Path) -> Network:
         from quantcert.intake.sklearn_model import load_joblib
 
         return load_joblib(path)
-    raise InputError(f"unknown model format {suffix or '(no extension)'!r}: use .onnx, .pt, .joblib")
+    raise InputError(
+        f"unknown model format {suffix or '(no extension)'!r}: use .onnx, .pt, .joblib"
+    )

@@ -26,7 +26,6 @@ from quantcert.ops import (
     Affine,
     AvgPool,
     Conv,
-    Identity,
     LeakyReLU,
     MaxPool,
     Op,
@@ -66,7 +65,9 @@ class _Builder:
         inputs = [i for i in graph.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise InputError(f"expected one ONNX graph input, found {len(inputs)}")
-        dims = [d.dim_value if d.dim_value > 0 else -1 for d in inputs[0].type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.dim_value > 0 else -1 for d in inputs[0].type.tensor_type.shape.dim
+        ]
         self.batched = len(dims) >= 2 and dims[0] in (1, -1)
         sample = dims[1:] if self.batched else dims
         if any(d <= 0 for d in sample):
@@ -118,7 +119,6 @@ class _Builder:
         return self.nodes[-1].op if self.nodes and self.nodes[-1].name == ir_name else None
 
 
-
 def _attrs(n: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
 
@@ -167,8 +167,12 @@ def _conv(b: _Builder, n: onnx.NodeProto) -> None:
         src, pads = b.nodes[-1].name, [0, 0, 0, 0]
     bias = _tensor(consts[1]) if len(consts) > 1 else None
     op = Conv(
-        _tensor(consts[0]), bias, _pair(a.get("strides"), 1), (pads[0], pads[1]),
-        _pair(a.get("dilations"), 1), int(a.get("group", 1)),
+        _tensor(consts[0]),
+        bias,
+        _pair(a.get("strides"), 1),
+        (pads[0], pads[1]),
+        _pair(a.get("dilations"), 1),
+        int(a.get("group", 1)),
     )
     b.add(n, op, [src])
 
@@ -339,7 +343,9 @@ def from_onnx(path: str | Path) -> Network:
         try:
             handler(b, n)
         except (IndexError, KeyError, RuntimeError, TypeError) as exc:
-            raise InputError(f"cannot translate ONNX node {n.name!r} ({n.op_type}): {exc}") from None
+            raise InputError(
+                f"cannot translate ONNX node {n.name!r} ({n.op_type}): {exc}"
+            ) from None
     out = model.graph.output[0].name
     if out not in b.alias or b.alias[out] == INPUT:
         raise InputError(f"ONNX graph output {out!r} is not computed by a supported node")

@@ -14,7 +14,9 @@ from torch import Tensor
 
 from quantcert.ops.base import REL_MARGIN, Box, Op
 
-Lines = tuple[Tensor, Tensor, Tensor, Tensor]  # upper slope, upper offset, lower slope, lower offset
+Lines = tuple[
+    Tensor, Tensor, Tensor, Tensor
+]  # upper slope, upper offset, lower slope, lower offset
 
 
 def _apply_lines(A: Tensor, lines: Lines) -> tuple[list[Tensor], Tensor, Tensor]:

@@ -84,7 +84,7 @@ def abs_upper_line(box: Box) -> tuple[Tensor, Tensor]:
 
 
 def spec_sum(A: Tensor, z: Tensor) -> Tensor:
-    """``sum(A * z)`` over the node dimensions: ``A`` (S, B, *shape), ``z`` (B, *shape) -> (S, B)."""
+    """``sum(A * z)`` over node dims: ``A`` (S, B, *shape), ``z`` (B, *shape) -> (S, B)."""
     return (A * z.unsqueeze(0)).flatten(2).sum(-1)
 
 

@@ -48,8 +48,13 @@ class Conv(Op):
         if w.dim() == 5:  # one kernel per batch element: fold the batch into groups
             n = x.shape[0]
             out = F.conv2d(
-                x.reshape(1, -1, *x.shape[2:]), w.reshape(-1, *w.shape[2:]), None,
-                self.stride, self.padding, self.dilation, self.groups * n,
+                x.reshape(1, -1, *x.shape[2:]),
+                w.reshape(-1, *w.shape[2:]),
+                None,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups * n,
             )
             return out.reshape(n, -1, *out.shape[2:]) + b.reshape(n, -1, 1, 1)
         return self._conv(x, w, b)
@@ -72,7 +77,12 @@ class Conv(Op):
         kh, kw = w.shape[-2:]
         pads = []
         for size, out, k, st, p, d in zip(
-            (h_in, w_in), flat.shape[-2:], (kh, kw), self.stride, self.padding, self.dilation,
+            (h_in, w_in),
+            flat.shape[-2:],
+            (kh, kw),
+            self.stride,
+            self.padding,
+            self.dilation,
             strict=True,
         ):
             pads.append(size - ((out - 1) * st - 2 * p + d * (k - 1) + 1))

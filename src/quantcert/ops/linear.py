@@ -48,8 +48,8 @@ class _Linear(Op):
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         s, n = A.shape[:2]
         z = torch.zeros((s * n, *boxes[0].lo.shape[1:]), dtype=A.dtype)
-        _, vjp = torch.func.vjp(self.lin, z)
-        (a_in,) = vjp(A.reshape(s * n, *A.shape[2:]))
+        vjp = torch.func.vjp(self.lin, z)[1]
+        a_in = vjp(A.reshape(s * n, *A.shape[2:]))[0]
         off = self.offset(A[0])
         const = spec_sum(A, off)
         return [a_in.reshape(s, n, *a_in.shape[1:])], const, spec_sum(A.abs(), off.abs())

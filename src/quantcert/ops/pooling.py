@@ -40,7 +40,7 @@ class MaxPool(Op):
 
     def _scatter(self, coef: Tensor, onehot: Tensor, in_shape: torch.Size) -> Tensor:
         """Place per-window coefficients (N, C, L) on the chosen inputs: -> (N, C, H, W)."""
-        n, c = coef.shape[:2]
+        n, _c = coef.shape[:2]
         ph, pw = self.padding
         h, w = in_shape[-2], in_shape[-1]
         cols = (onehot * coef.unsqueeze(2)).reshape(n, -1, coef.shape[-1])

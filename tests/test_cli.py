@@ -1,0 +1,58 @@
+"""Command line: answers exit 0, bad input exits 2 with one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MODELS
+
+SMALL = str(MODELS / "test_small.onnx")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from quantcert.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_info_json() -> None:
+    res = run("info", str(MODELS / "Convnet_maxpool.onnx"), "--json", "-")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["input_shape"] == [1, 28, 28]
+    assert data["total_params"] == sum(p["count"] for p in data["params"])
+
+
+def test_epsilon_json_has_the_contract_keys(tmp_path: Path) -> None:
+    out = tmp_path / "eps.json"
+    res = run("epsilon", SMALL, "--delta", "0.01", "--domain=-1:1", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    for key in ("lower", "upper", "gap", "status", "witness", "time_s", "engine"):
+        assert key in data
+    assert data["lower"] <= data["upper"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("info", "/no/such/model.onnx"), "not found"),
+        (("epsilon", SMALL, "--delta", "-0.1", "--at", "0.5"), "--delta"),
+        (("epsilon", SMALL, "--delta", "0.1", "--domain", "2:1"), "lower 2 > upper 1"),
+        (("epsilon", SMALL, "--delta", "0.1", "--domain", "0:1,0:1"), "dimensions"),
+        (("epsilon", SMALL, "--delta", "0.1"), "--at"),
+        (("flip", SMALL, "--delta", "0.1", "--at", "nan"), ""),
+        (("info", str(Path(__file__))), "format"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], needle: str) -> None:
+    res = run(*args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    assert needle in lines[0]
