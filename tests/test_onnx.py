@@ -44,21 +44,17 @@ def test_shipped_models_match_onnxruntime(path: Path) -> None:
 
 
 def _vnnlib_box(onnx_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """The input box of the first VNN-LIB spec listed next to this network, if any."""
-    from quantcert.intake.vnnlib import parse_vnnlib
+    """The input box of the first VNN-LIB spec listed for this network in its benchmark's
+    instances CSV (next to the network or one folder up), if any."""
+    from quantcert.intake.vnnlib import load_vnnlib
 
-    for csv in onnx_path.parents[1].glob("*instances.csv"):
-        for line in csv.read_text().splitlines():
-            parts = line.split(",")
-            if len(parts) >= 2 and Path(parts[0]).name == onnx_path.name:
-                spec = parse_vnnlib(csv.parent / parts[1])
-                return spec.lower, spec.upper
-    for csv in onnx_path.parent.glob("*instances.csv"):
-        for line in csv.read_text().splitlines():
-            parts = line.split(",")
-            if len(parts) >= 2 and Path(parts[0]).name == onnx_path.name:
-                spec = parse_vnnlib(csv.parent / parts[1])
-                return spec.lower, spec.upper
+    for folder in (onnx_path.parent, onnx_path.parents[1]):
+        for csv in folder.glob("*instances.csv"):
+            for line in csv.read_text().splitlines():
+                parts = line.split(",")
+                if len(parts) >= 2 and Path(parts[0]).name == onnx_path.name:
+                    spec = load_vnnlib(csv.parent / parts[1])
+                    return spec.lower, spec.upper
     return None
 
 
