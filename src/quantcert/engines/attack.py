@@ -82,6 +82,25 @@ def search(
     return [_best(values, x, params, column == k) for k in range(columns)]
 
 
+def search_rows(
+    net: Network, pert: Perturbation, box: Box, objective: Objective, steps: int = 20
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One ascent per box (row) from its centre and the nominal parameters, on objective
+    column 0. Returns per row the final value (float64) and the parameters reached."""
+    n = box.lo.shape[0]
+    limits = _param_limits(net, pert)
+    nominal = net.param_tensors()
+    params = {k: nominal[k].expand(n, *nominal[k].shape).clone() for k in limits}
+    x = box.center
+    column = torch.zeros(n, dtype=torch.long)
+    for step in range(steps):
+        size = 0.5 * (1 - step / steps) ** 2 + 1e-3
+        x, params = _ascent_step(objective, column, x, params, box.lo, box.hi, limits, size)
+    with torch.no_grad():
+        values = objective(x, params)[:, 0]
+    return values, params
+
+
 def _ascent_step(
     objective: Objective,
     column: Tensor,

@@ -1,0 +1,152 @@
+"""Engine benchmarks (issue 3). Run: .venv/bin/python bench/bench_engine.py [--out docs/benchmarks.md]
+
+Times are engine time (``time_s``), process start-up excluded, on this machine's 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import MODELS, SHARED, cat_network, mlp  # noqa: E402
+
+from quantcert import load  # noqa: E402
+from quantcert.analyses.epsilon import Budget, epsilon, input_box, local_epsilons  # noqa: E402
+from quantcert.engines import perturbation  # noqa: E402
+from quantcert.network import INPUT, Network, Node  # noqa: E402
+from quantcert.ops import DTYPE, Affine, ReLU  # noqa: E402
+
+
+def _row(name: str, res_lower: float, res_upper: float, t: float, note: str = "") -> str:
+    ratio = res_upper / res_lower if res_lower > 0 else float("inf")
+    return f"| {name} | {res_lower:.6g} | {res_upper:.6g} | {ratio:.3f} | {t:.3f} | {note} |"
+
+
+def global_cases() -> list[str]:
+    rows = []
+    net = cat_network()
+    box = input_box(net, np.array([6.3, 2.0]), np.array([20.5, 3.9]))
+    for delta in (0.005, 0.01):
+        r = epsilon(net, perturbation.absolute(net, delta), box, Budget(gap=1e-5)).overall
+        rows.append(
+            _row(f"cat global eps, delta={delta}, gap 1e-5", r.lower, r.upper, r.time_s, r.status)
+        )
+    for act in ("relu", "identity"):
+        net = mlp([2, 3, 1], act, seed=3, head=True, scale=2.0)
+        box = input_box(net, -np.ones(2), np.ones(2))
+        r = epsilon(net, perturbation.absolute(net, 0.01), box, Budget(gap=1e-4)).overall
+        rows.append(
+            _row(
+                f"2-3-1 {act} global eps [-1,1]^2, delta=0.01, gap 1e-4",
+                r.lower,
+                r.upper,
+                r.time_s,
+                r.status,
+            )
+        )
+    net = mlp([2, 3, 1], "relu", seed=3, head=True, scale=2.0)
+    pts = np.random.default_rng(0).uniform(-1, 1, (1000, 2))
+    loc = local_epsilons(net, perturbation.absolute(net, 0.01), pts)
+    rows.append(
+        _row(
+            "2-3-1 relu local eps at 1,000 points (max over points)",
+            float(loc.lower.max()),
+            float(loc.upper.max()),
+            loc.time_s,
+            f"mean gap {float((loc.upper - loc.lower).mean()):.2e}",
+        )
+    )
+    return rows
+
+
+def kaiming_mlp() -> Network:
+    gen = torch.Generator().manual_seed(0)
+    nodes, prev = [], INPUT
+    sizes = [784, 256, 256, 10]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        w = torch.randn(b, a, generator=gen, dtype=DTYPE) * (2.0 / a) ** 0.5
+        nodes.append(Node(f"fc{i}", Affine(w, torch.zeros(b, dtype=DTYPE)), (prev,)))
+        prev = f"fc{i}"
+        if i < 2:
+            nodes.append(Node(f"relu{i}", ReLU(), (prev,)))
+            prev = f"relu{i}"
+    return Network(nodes, (784,), name="kaiming-784-256-256-10")
+
+
+def mnist_cases() -> list[str]:
+    rows = []
+    images = np.load(SHARED / "data" / "mnist_test.npz")["images"] if SHARED.exists() else None
+    img = (
+        images[0].reshape(-1) / 255.0
+        if images is not None
+        else np.random.default_rng(0).random(784)
+    )
+    nets = [("kaiming 784-256-256-10 (auto_LiRPA's peer setting)", kaiming_mlp())]
+    for name in ("mnist-net_256x2", "mnist-net_256x6"):
+        path = SHARED / "models" / "vnncomp2021" / "mnistfc" / f"{name}.onnx"
+        path = path if path.exists() else MODELS / f"{name}.onnx"
+        if path.exists():
+            nets.append((name, load(path)))
+    for name, net in nets:
+        box = input_box(net, img, img)
+        for method in ("ibp", "crown"):
+            r = epsilon(net, perturbation.absolute(net, 1e-3), box, Budget(method=method)).overall  # type: ignore[arg-type]
+            rows.append(
+                _row(
+                    f"{name} local eps, delta=1e-3 on all {net.num_params()} params, {method}",
+                    r.lower,
+                    r.upper,
+                    r.time_s,
+                )
+            )
+    return rows
+
+
+def exact_cases() -> list[str]:
+    try:
+        from quantcert.engines import exact
+    except ImportError:
+        return ["| exact reference (SCIP) | not available | | | | |"]
+    rows = []
+    net = cat_network()
+    lo, hi = np.array([6.3, 2.0]), np.array([20.5, 3.9])
+    radius = {k: np.full(v.shape, 0.005) for k, v in net.param_tensors().items()}
+    t = time.perf_counter()
+    res = exact.max_abs_change(net, radius, box=(lo, hi))
+    rows.append(
+        _row(
+            "SCIP: cat global eps, delta=0.005",
+            res.lower,
+            res.upper,
+            time.perf_counter() - t,
+            res.status,
+        )
+    )
+    return rows
+
+
+HEADER = "| query | lower (witness) | upper (sound) | upper/lower | time s | note |\n|---|---|---|---|---|---|"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    rows = global_cases() + mnist_cases() + exact_cases()
+    text = "## Bound engine (issue 3)\n\n" + HEADER + "\n" + "\n".join(rows) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
