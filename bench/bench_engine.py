@@ -1,4 +1,4 @@
-"""Engine benchmarks (issue 3). Run: .venv/bin/python bench/bench_engine.py [--out docs/benchmarks.md]
+"""Engine benchmarks (issue 3): .venv/bin/python bench/bench_engine.py [--out FILE].
 
 Times are engine time (``time_s``), process start-up excluded, on this machine's 2 cores.
 """
@@ -6,6 +6,7 @@ Times are engine time (``time_s``), process start-up excluded, on this machine's
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import MODELS, SHARED, cat_network, mlp  # noqa: E402
-
 from quantcert import load  # noqa: E402
 from quantcert.analyses.epsilon import Budget, epsilon, input_box, local_epsilons  # noqa: E402
 from quantcert.engines import perturbation  # noqa: E402
@@ -71,7 +71,7 @@ def kaiming_mlp() -> Network:
     gen = torch.Generator().manual_seed(0)
     nodes, prev = [], INPUT
     sizes = [784, 256, 256, 10]
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         w = torch.randn(b, a, generator=gen, dtype=DTYPE) * (2.0 / a) ** 0.5
         nodes.append(Node(f"fc{i}", Affine(w, torch.zeros(b, dtype=DTYPE)), (prev,)))
         prev = f"fc{i}"
@@ -133,7 +133,10 @@ def exact_cases() -> list[str]:
     return rows
 
 
-HEADER = "| query | lower (witness) | upper (sound) | upper/lower | time s | note |\n|---|---|---|---|---|---|"
+HEADER = (
+    "| query | lower (witness) | upper (sound) | upper/lower | time s | note |\n"
+    "|---|---|---|---|---|---|"
+)
 
 
 def main() -> None:

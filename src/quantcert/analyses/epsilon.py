@@ -19,7 +19,7 @@ from quantcert.engines.attack import (
     search_rows,
 )
 from quantcert.engines.bab import maximise
-from quantcert.engines.bounds import Method, bound_spec
+from quantcert.engines.bounds import Method, bound_spec, engine_threads
 from quantcert.engines.pair import difference_network, pair_radii
 from quantcert.engines.perturbation import Perturbation
 from quantcert.network import Network
@@ -50,6 +50,11 @@ def _record(net: Network, w: Witness) -> WitnessRecord:
 
 def epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget = Budget()) -> QueryResult:
     """Bound ``max |f_theta(x) - f_theta0(x)|`` for x in ``box`` (a point when lo == hi)."""
+    with engine_threads(net):
+        return _epsilon(net, pert, box, budget)
+
+
+def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> QueryResult:
     start = time.perf_counter()
     deadline = start + budget.timeout
     pair = difference_network(net)
@@ -150,6 +155,13 @@ def local_epsilons(
 ) -> LocalEpsilons:
     """Batched Def. 1 at each row of ``points`` (N, *input_shape): one bound pass for all
     points, and a per-point witness search over the parameter box."""
+    with engine_threads(net):
+        return _local_epsilons(net, pert, points, method, steps)
+
+
+def _local_epsilons(
+    net: Network, pert: Perturbation, points: np.ndarray, method: Method, steps: int
+) -> LocalEpsilons:
     start = time.perf_counter()
     x = torch.as_tensor(points, dtype=DTYPE).reshape(-1, *net.input_shape)
     pair = difference_network(net)
@@ -159,8 +171,11 @@ def local_epsilons(
     eps_upper = upper.max(1).values
     best, offsets = _point_witnesses(net, pert, x, steps)
     return LocalEpsilons(
-        best.numpy(), np.maximum(eps_upper.numpy(), best.numpy()), x.numpy(),
-        offsets, time.perf_counter() - start,
+        best.numpy(),
+        np.maximum(eps_upper.numpy(), best.numpy()),
+        x.numpy(),
+        offsets,
+        time.perf_counter() - start,
     )
 
 
@@ -174,7 +189,8 @@ def _point_witnesses(
 
     def objective(xs: Tensor, params: Mapping[str, Tensor]) -> Tensor:
         d = (net(xs, params) - net(xs)).flatten(1) * sign.unsqueeze(1)
-        return d.max(1).values.unsqueeze(1)
+        out: Tensor = d.max(1).values.unsqueeze(1)
+        return out
 
     found = search_rows(net, pert, Box(both, both), objective, steps)
     values, params = found

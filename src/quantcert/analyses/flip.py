@@ -20,7 +20,7 @@ from torch import Tensor
 from quantcert.analyses.epsilon import Budget, _record
 from quantcert.engines.attack import Objective, search
 from quantcert.engines.bab import maximise
-from quantcert.engines.bounds import bound_spec
+from quantcert.engines.bounds import bound_spec, engine_threads
 from quantcert.engines.pair import NOMINAL, PERTURBED, difference_network, pair_radii
 from quantcert.engines.perturbation import Perturbation
 from quantcert.errors import InputError
@@ -100,6 +100,14 @@ def flip(
     box: Box,
     budget: Budget = Budget(),
     level: float | None = None,
+) -> QueryResult:
+    """Def. 3 at a point (``box.lo == box.hi``), Def. 4 over an input box."""
+    with engine_threads(net):
+        return _flip(net, pert, box, budget, level)
+
+
+def _flip(
+    net: Network, pert: Perturbation, box: Box, budget: Budget, level: float | None
 ) -> QueryResult:
     start = time.perf_counter()
     t = threshold(net, level)

@@ -39,7 +39,7 @@ def maximise(
     root: Box,
     gap: float,
     deadline: float,
-    batch: int = 64,
+    batch: int = 256,
     max_boxes: int = 200_000,
     decided: Callable[[float, float], bool] | None = None,
 ) -> BabOutcome:
@@ -70,10 +70,10 @@ def maximise(
             c_lo, c_hi = _split(lo[pick], hi[pick], scale)
             c_box = Box(c_lo.reshape(-1, *shape), c_hi.reshape(-1, *shape))
             c_ub = bound(c_box)
-            top = c_ub.argsort(descending=True)[:4]
-            found = attack(Box(c_box.lo[top], c_box.hi[top]), 8)
-            if found.value > best.value:
-                best = found
+            top = c_ub.argsort(descending=True)[:2]
+            if float(c_ub[top[0]]) > best.value + gap:  # a better witness may still exist
+                found = attack(Box(c_box.lo[top], c_box.hi[top]), 8)
+                best = found if found.value > best.value else best
             seen += c_lo.shape[0]
             lo, hi, ub = (
                 torch.cat([lo[rest], c_lo]),

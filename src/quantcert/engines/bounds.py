@@ -8,7 +8,8 @@ concretised over the box. Each node keeps the intersection of both.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -21,6 +22,19 @@ from quantcert.ops.base import DTYPE, REL_MARGIN, Box
 Method = Literal["ibp", "crown"]
 Radii = Mapping[str, Mapping[str, Tensor]]
 _NO_RADIUS: dict[str, Tensor] = {}
+
+
+@contextmanager
+def engine_threads(net: Network) -> Iterator[None]:
+    """Small networks run on one thread: on a 2-core machine, torch's thread pool costs more
+    than it gains on tiny tensors (measured: 55 s -> 2.5 s for a 2-3-1 net's global B&B)."""
+    before = torch.get_num_threads()
+    if net.num_params() < 50_000:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def backward_upper(
