@@ -1,0 +1,51 @@
+"""Command-line entry points of the kappa analysis, wired into ``quantcert.cli``:
+
+- ``quantcert kappa MODEL --data FILE [--method deepfool|random|analytic|certified]
+  [--limit N] [--json PATH|-]`` -> ``kappa_command``
+- ``quantcert reproduce thesis [--out DIR] [--limit N]`` -> ``reproduce_thesis_command``
+
+Bad input raises ``quantcert.errors.InputError`` (one line; the CLI exits with code 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from quantcert.analyses.kappa import METHODS, kappa
+from quantcert.analyses.kappa_data import load_images
+from quantcert.errors import InputError
+from quantcert.intake import load
+from quantcert.report.output import write_json
+
+
+def kappa_command(
+    model: str, data: str, method: str, limit: int | None, json_target: str | None
+) -> None:
+    """Measure kappa of ``model`` on the images in ``data`` (``.npz``, ``.vnnlib`` or a folder
+    of ``.vnnlib`` files); print a table, or write JSON to ``json_target`` (``-``: stdout)."""
+    if method == "certified":
+        raise InputError("certified kappa needs the bound engine")
+    if method not in METHODS:
+        raise InputError(f"unknown kappa method {method!r}: use {', '.join(METHODS)}")
+    net = load(model)
+    images = load_images(data, net.input_shape, limit)
+    result = kappa(net, images.images, images.labels, method=method, progress=True)
+    if json_target is None:
+        print(result.to_text())
+    else:
+        write_json(result.to_dict(), json_target)
+
+
+def reproduce_thesis_command(out: Path, limit: int | None = None) -> None:
+    """Reproduce seed 003's tables and figures into ``out`` and print where they are."""
+    from quantcert.analyses.thesis import reproduce_thesis
+
+    doc = reproduce_thesis(Path(out), limit)
+    settings = doc["settings"]
+    print(f"seed 003 reproduced in {settings['time_s']:.0f} s: {Path(out) / 'report.md'}, "
+          f"{Path(out) / 'report.json'}, {len(settings['figures'])} figures")
+    for name, case in doc["networks"].items():
+        d = case["deepfool"]
+        print(f"  {name:18s} {case['images']:6d} images  max kappa {d['kappa']['max']:10.4g}  "
+              f"min bits (max kappa) {d['min_bits']['max']:3d}  "
+              f"Lipschitz bound {d['lipschitz_product']:.4g}")
