@@ -10,6 +10,7 @@ residual sums.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import hypothesis.strategies as st
 import numpy as np
@@ -28,11 +29,12 @@ from quantcert.network import INPUT, Network, Node
 from quantcert.ops import DTYPE, Affine, AvgPool, Conv, Identity, MaxPool, ReLU, Reshape, Scale, Sum
 
 
-def _dense(fn, in_shape: tuple[int, ...]) -> np.ndarray:
+def _dense(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[int, ...]) -> np.ndarray:
     """The matrix of a linear map on tensors of ``in_shape`` (batch excluded)."""
     n = int(np.prod(in_shape))
     basis = torch.eye(n, dtype=DTYPE).reshape(n, *in_shape)
-    return fn(basis).reshape(n, -1).T.numpy()
+    matrix: np.ndarray = fn(basis).reshape(n, -1).T.numpy()
+    return matrix
 
 
 def _sigma(matrix: np.ndarray) -> float:

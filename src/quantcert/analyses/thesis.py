@@ -214,11 +214,12 @@ def _per_image(cases: list[CaseResult], path: Path) -> Path:
 
 
 def reproduce_thesis(out_dir: Path, limit: int | None = None, progress: bool = True,
-                     cases: tuple[Case, ...] = CASES) -> dict[str, Any]:
+                     cases: tuple[Case, ...] | None = None) -> dict[str, Any]:
     """Run every case; write ``report.md``, ``report.json`` and the figures into ``out_dir``.
     ``limit``: images per network (default: each case's own). Returns the JSON document."""
     start = time.perf_counter()
-    results = [run_case(case, case.limit if limit is None else limit, progress) for case in cases]
+    chosen = CASES if cases is None else cases
+    results = [run_case(case, case.limit if limit is None else limit, progress) for case in chosen]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = thesis_figures(
