@@ -42,14 +42,16 @@ def run_ours(net: Network, x: torch.Tensor, clip: bool = True) -> dict[str, Any]
 
 
 def run_foolbox(net: Network, x: torch.Tensor, labels: torch.Tensor, batch: int) -> dict[str, Any]:
-    import foolbox as fb
+    import foolbox
+    from foolbox.attacks.deepfool import L2DeepFoolAttack
+    from foolbox.models.pytorch import PyTorchModel
 
     class Logits(torch.nn.Module):
         def forward(self, z: torch.Tensor) -> torch.Tensor:
             return net.logits(z)
 
-    model = fb.PyTorchModel(Logits().eval(), bounds=BOUNDS)
-    attack = fb.attacks.L2DeepFoolAttack(steps=50, overshoot=0.02, candidates=10)
+    model = PyTorchModel(Logits().eval(), bounds=BOUNDS)
+    attack = L2DeepFoolAttack(steps=50, overshoot=0.02, candidates=10)
     norms, flags = [], []
     start = time.perf_counter()
     for i in range(0, len(x), batch):
@@ -61,7 +63,7 @@ def run_foolbox(net: Network, x: torch.Tensor, labels: torch.Tensor, batch: int)
     norm, ok = torch.cat(norms), torch.cat(flags)
     return {"images": len(x), "time_s": elapsed, "images_per_s": len(x) / elapsed,
             "success": float(ok.double().mean()), "median_norm": float(norm[ok].median()),
-            "batch": batch, "version": fb.__version__}
+            "batch": batch, "version": foolbox.__version__}
 
 
 HEADER = ("| implementation | images | time (s) | images/s | success rate "
