@@ -243,19 +243,24 @@ class KappaResult:
 
     def to_text(self) -> str:
         d, s = self.to_dict(), self.summary()
-        rows = [f"kappa ({self.method}) of {self.model} over {self.images} images "
-                f"({d['flipped']} label flips by DeepFool)"]
+        measured = self.method != "analytic"
+        flips = f" ({d['flipped']} label flips by DeepFool)" if measured else ""
+        rows = [f"kappa ({self.method}) of {self.model} over {self.images} images{flips}"]
         if "accuracy" in d:
             rows.append(f"  accuracy on these images: {d['accuracy']:.4f}")
         for key in ("mean", "median", "max", "min"):
             rows.append(f"  {key:>6} kappa {s['kappa'][key]:12.5g}   digits "
                         f"{s['digits'][key]:6.2f}   min bits {s['min_bits'][key]:3d}")
-        rel = d["relative_perturbation"]
-        rows.append(f"  |dx|/|x| (flipped): mean {rel['mean']:.3g}  min {rel['min']:.3g}  "
-                    f"max {rel['max']:.3g}")
         b = self.bound
-        rows.append(f"  max measured |dy|/|dx| {d['gain']['max']:.6g} <= Lipschitz product "
-                    f"bound {b.product:.6g}  (Eq. 3.8 as printed: {b.eq_3_8:.6g})")
+        if measured:
+            rel = d["relative_perturbation"]
+            rows.append(f"  |dx|/|x| (flipped): mean {rel['mean']:.3g}  min {rel['min']:.3g}  "
+                        f"max {rel['max']:.3g}")
+            rows.append(f"  max measured |dy|/|dx| {d['gain']['max']:.6g} <= Lipschitz product "
+                        f"bound {b.product:.6g}  (Eq. 3.8 as printed: {b.eq_3_8:.6g})")
+        else:
+            rows.append(f"  kappa <= L |x| / |y| per image, L = Lipschitz product bound "
+                        f"{b.product:.6g}  (Eq. 3.8 as printed: {b.eq_3_8:.6g})")
         upper = "none" if self.upper is None else f"{self.upper:.6g}"
         lower = "none" if self.lower is None else f"{self.lower:.6g}"
         wit = "" if self.witness is None else f" (image {self.witness.image})"
@@ -299,15 +304,18 @@ def kappa(
     draws: int = 10,
     seed: int = 0,
 ) -> KappaResult:
-    """Seed 003's kappa of ``net`` over ``images`` (N, *net.input_shape), float64."""
+    """Seed 003's kappa of ``net`` over ``images`` (N, ...) float64, each image reshaped to
+    ``net.input_shape`` (so 28x28 images feed a (784, 1) input); at most ``limit`` images,
+    ``draws`` random directions per image for ``random``; tqdm progress on stderr."""
     if method == "certified":
         raise InputError("certified kappa needs the bound engine")
     if method not in METHODS:
         raise InputError(f"unknown kappa method {method!r}: use {', '.join(METHODS)}")
     x = torch.as_tensor(images, dtype=DTYPE)[:limit]
-    if tuple(x.shape[1:]) != tuple(net.input_shape):
+    if x.dim() < 1 or math.prod(x.shape[1:]) != math.prod(net.input_shape):
         raise InputError(f"images of shape {tuple(x.shape[1:])} do not fit the model input "
                          f"{tuple(net.input_shape)}")
+    x = x.reshape(len(x), *net.input_shape)
     if len(x) == 0:
         raise InputError("no images to measure kappa on")
     lab = None if labels is None else np.asarray(labels)[: len(x)]

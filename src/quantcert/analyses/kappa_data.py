@@ -56,15 +56,16 @@ def _fit(images: np.ndarray, input_shape: tuple[int, ...], source: str) -> Tenso
 
 def _load_npz(path: Path, input_shape: tuple[int, ...], limit: int | None) -> ImageSet:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "images" not in archive:
-                raise InputError(f"{path}: no 'images' array (found: {', '.join(archive.files)})")
-            images = archive["images"][:limit]
-            labels = archive["labels"][:limit] if "labels" in archive else None
+        archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, InputError):
-            raise
         raise InputError(f"{path} is not a readable .npz file ({type(exc).__name__})") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise InputError(f"{path} is not a readable .npz file (a single array)")
+    with archive:
+        if "images" not in archive.files:
+            raise InputError(f"{path}: no 'images' array (found: {', '.join(archive.files)})")
+        images = archive["images"][:limit]
+        labels = archive["labels"][:limit] if "labels" in archive.files else None
     if labels is not None and len(labels) != len(images):
         raise InputError(f"{path}: {len(labels)} labels for {len(images)} images")
     out_labels = None if labels is None else np.asarray(labels).astype(np.int64).ravel()
