@@ -246,6 +246,7 @@ def test_reproduce_thesis_writes_report(tmp_path: Path, capsys: pytest.CaptureFi
     assert "mnist-net_256x2" in capsys.readouterr().out
     doc = json.loads((tmp_path / "report.json").read_text())
     assert set(doc["networks"]) == {"mnist-net_256x2", "resnet_2b"}
+    assert set(doc["tables"]["table_5_1"]) == {"mnist-net_256x2", "resnet_2b"}
     report = (tmp_path / "report.md").read_text()
     assert "Table 5.1" in report and "Table 5.2" in report and "Eq. 3.8" in report
     for fig in ("fig_4_3_perturbation", "fig_5_1_kappa_deepfool", "fig_5_2_kappa_histogram",

@@ -200,6 +200,24 @@ def _case_json(c: CaseResult) -> dict[str, Any]:
     return out
 
 
+def _tables(cases: list[CaseResult]) -> dict[str, Any]:
+    """Tables 4.1, 5.1, 5.2 and the Eq. 3.8 comparison, per network, as JSON."""
+    def bounds(c: CaseResult) -> dict[str, Any]:
+        b = c.deepfool.bound
+        return {"max_gain_deepfool": c.deepfool.to_dict()["gain"]["max"],
+                "max_gain_random": c.random.to_dict()["gain"]["max"],
+                "lipschitz_product": b.product, "eq_3_8": b.eq_3_8,
+                "lipschitz_product_estimate": b.product_estimate,
+                "analytic_kappa_max": c.analytic.summary()["kappa"]["max"]}
+
+    return {
+        "table_4_1": {c.name: c.deepfool.to_dict()["relative_perturbation"] for c in cases},
+        "table_5_1": {c.name: c.deepfool.summary() for c in cases},
+        "table_5_2": {c.name: c.random.summary() for c in cases},
+        "eq_3_8": {c.name: bounds(c) for c in cases},
+    }
+
+
 def _per_image(cases: list[CaseResult], path: Path) -> Path:
     arrays: dict[str, np.ndarray] = {}
     for c in cases:
@@ -234,7 +252,8 @@ def reproduce_thesis(out_dir: Path, limit: int | None = None, progress: bool = T
         "python": sys.version.split()[0], "torch": torch.__version__,
     }
     settings["time_s"] = time.perf_counter() - start
-    doc = {"settings": settings, "networks": {c.name: _case_json(c) for c in results}}
+    doc = {"settings": settings, "tables": _tables(results),
+           "networks": {c.name: _case_json(c) for c in results}}
     (out_dir / "report.md").write_text(_markdown(results, settings))
     write_json(doc, str(out_dir / "report.json"))
     return doc
