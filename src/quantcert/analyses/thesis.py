@@ -149,6 +149,10 @@ NOTES = """\
   the pixel range (Eq. 4.1 has no domain constraint), the clean prediction as the label.
   Kappa statistics include images DeepFool did not flip (their perturbation is still a
   measured one); Table 4.1 uses the flipped images only.
+- The `mnistfc` MLPs output near one-hot scores (about 1 for the predicted class, about 0
+  elsewhere): the network is flat around most images, DeepFool's linear steps land in
+  saturated regions, and its unclipped perturbations are often larger than the image
+  (Table 4.1). foolbox's DeepFool finds the same perturbations (`docs/benchmarks.md`).
 - Random: 10 Gaussian directions per image scaled to that image's DeepFool norm.
 - Bits: Eq. 5.1, ceil(log2 kappa) + 1 (at least 1); digits: log10 kappa.
 - The Lipschitz product (sound bound on |dy|/|dx| for one input perturbation) multiplies
