@@ -17,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import MODELS, SHARED, cat_network, mlp  # noqa: E402
+from conftest import PACKAGED, SHARED, cat_network, mlp  # noqa: E402
 from quantcert import load  # noqa: E402
 from quantcert.analyses.epsilon import Budget, epsilon, input_box, local_epsilons  # noqa: E402
 from quantcert.engines import perturbation  # noqa: E402
@@ -92,7 +92,7 @@ def mnist_cases() -> list[str]:
     nets = [("kaiming 784-256-256-10 (auto_LiRPA's peer setting)", kaiming_mlp())]
     for name in ("mnist-net_256x2", "mnist-net_256x6"):
         path = SHARED / "models" / "vnncomp2021" / "mnistfc" / f"{name}.onnx"
-        path = path if path.exists() else MODELS / f"{name}.onnx"
+        path = path if path.exists() else PACKAGED / "mnistfc" / f"{name}.onnx"
         if path.exists():
             nets.append((name, load(path)))
     for name, net in nets:

@@ -12,6 +12,8 @@ from quantcert.ops import DTYPE, Affine, Identity, LeakyReLU, ReLU, Sigmoid, Tan
 
 DATA = Path(__file__).parent / "data"
 MODELS = DATA / "models"
+#: The networks the package ships (seed 003's networks), also used as test models.
+PACKAGED = Path(__file__).resolve().parents[1] / "src" / "quantcert" / "data" / "models"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 ACTIVATIONS = {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MODELS
+from conftest import MODELS, PACKAGED
 
 SMALL = str(MODELS / "test_small.onnx")
 
@@ -24,7 +24,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_info_json() -> None:
-    res = run("info", str(MODELS / "Convnet_maxpool.onnx"), "--json", "-")
+    res = run("info", str(PACKAGED / "verivital" / "Convnet_maxpool.onnx"), "--json", "-")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["input_shape"] == [1, 28, 28]
@@ -59,3 +59,52 @@ def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], needle: str) ->
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr
     assert needle in lines[0]
+
+
+def test_exact_engine_agrees_with_ours_on_the_cat() -> None:
+    results = {}
+    for engine in ("quantcert", "exact"):
+        res = run(
+            "epsilon",
+            "cat",
+            "--delta",
+            "0.005",
+            "--domain",
+            "6.3:20.5,2:3.9",
+            "--gap",
+            "1e-5",
+            "--engine",
+            engine,
+            "--json",
+            "-",
+        )
+        assert res.returncode == 0, res.stderr
+        results[engine] = json.loads(res.stdout)
+    ours, scip = results["quantcert"], results["exact"]
+    assert max(ours["lower"], scip["lower"]) <= min(ours["upper"], scip["upper"]) + 1e-9
+
+
+def test_kappa_command_json() -> None:
+    npz = PACKAGED.parent / "mnist_test.npz"
+    res = run(
+        "kappa",
+        str(PACKAGED / "mnistfc" / "mnist-net_256x2.onnx"),
+        "--data",
+        str(npz),
+        "--limit",
+        "5",
+        "--json",
+        "-",
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    for key in (
+        "images",
+        "flipped",
+        "kappa",
+        "min_bits",
+        "relative_perturbation",
+        "gain",
+        "analytic_bound",
+    ):
+        assert key in data

@@ -17,6 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
+from conftest import PACKAGED
 from quantcert.analyses.kappa import kappa, kappa_of, min_bits
 from quantcert.analyses.kappa_cli import kappa_command, reproduce_thesis_command
 from quantcert.analyses.kappa_data import load_images, vnnlib_box
@@ -28,7 +29,7 @@ from quantcert.intake import load
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops import DTYPE, Affine, Conv, ReLU, Reshape, Sum
 
-MODELS = Path(__file__).resolve().parents[1] / "src" / "quantcert" / "data" / "models"
+MODELS = PACKAGED
 MLP = MODELS / "mnistfc" / "mnist-net_256x2.onnx"
 RESNET_DATA = MODELS / "cifar10_resnet" / "resnet2b"
 
@@ -58,8 +59,9 @@ def _deepfool_closed_form(w: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.nda
 # --------------------------------------------------------------------- DeepFool
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 100_000), classes=st.integers(2, 6), dim=st.integers(2, 12))
-def test_deepfool_on_a_linear_classifier_is_the_closed_form(seed: int, classes: int,
-                                                            dim: int) -> None:
+def test_deepfool_on_a_linear_classifier_is_the_closed_form(
+    seed: int, classes: int, dim: int
+) -> None:
     rng = np.random.default_rng(seed)
     w, b = rng.normal(size=(classes, dim)), rng.normal(size=classes)
     x = rng.normal(size=(3, dim))
@@ -108,13 +110,16 @@ def test_kappa_of_a_linear_network_in_closed_form() -> None:
             y = w @ x[i] + b
             if method == "deepfool":
                 expected = (np.linalg.norm(w @ dx) / np.linalg.norm(y)) / (
-                    np.linalg.norm(dx) / np.linalg.norm(x[i]))
+                    np.linalg.norm(dx) / np.linalg.norm(x[i])
+                )
                 assert res.kappa[i] == pytest.approx(expected, rel=1e-9)
             sigma = np.linalg.svd(w, compute_uv=False)[0]
             assert res.kappa[i] <= sigma * np.linalg.norm(x[i]) / np.linalg.norm(y) * (1 + 1e-9)
-        np.testing.assert_allclose(res.relative_perturbation,
-                                   [np.linalg.norm(_deepfool_closed_form(w, b, xi)) /
-                                    np.linalg.norm(xi) for xi in x], rtol=1e-9)
+        np.testing.assert_allclose(
+            res.relative_perturbation,
+            [np.linalg.norm(_deepfool_closed_form(w, b, xi)) / np.linalg.norm(xi) for xi in x],
+            rtol=1e-9,
+        )
     analytic = kappa(net, x, method="analytic", progress=False)
     sigma = np.linalg.svd(w, compute_uv=False)[0]
     expected = sigma * np.linalg.norm(x, axis=1) / np.linalg.norm(x @ w.T + b, axis=1)
@@ -122,10 +127,21 @@ def test_kappa_of_a_linear_network_in_closed_form() -> None:
     assert analytic.upper == pytest.approx(expected.max(), rel=1e-8)
 
 
-@pytest.mark.parametrize("k,bits", [
-    (101.78, 8), (651.06, 11), (12.00, 5), (116.84, 8), (824.53, 11), (16.37, 6),  # Table 5.1
-    (1.68, 2), (4.19, 4), (2.96, 3), (6.39, 4),  # Table 5.2
-])
+@pytest.mark.parametrize(
+    "k,bits",
+    [
+        (101.78, 8),
+        (651.06, 11),
+        (12.00, 5),
+        (116.84, 8),
+        (824.53, 11),
+        (16.37, 6),  # Table 5.1
+        (1.68, 2),
+        (4.19, 4),
+        (2.96, 3),
+        (6.39, 4),  # Table 5.2
+    ],
+)
 def test_min_bits_reproduces_the_thesis_tables(k: float, bits: int) -> None:
     assert min_bits(k) == bits
 
@@ -135,8 +151,16 @@ def test_kappa_result_json_keys_and_witness_attains_lower(tmp_path: Path) -> Non
     data = load_images(MNIST, net.input_shape, 40)
     res = kappa(net, data.images, data.labels, progress=False)
     d = res.to_dict()
-    for key in ("images", "flipped", "lower", "upper", "status", "witness", "analytic_bound",
-                "lipschitz_product"):
+    for key in (
+        "images",
+        "flipped",
+        "lower",
+        "upper",
+        "status",
+        "witness",
+        "analytic_bound",
+        "lipschitz_product",
+    ):
         assert key in d
     assert set(d["kappa"]) == {"mean", "median", "min", "max"}
     assert {"mean", "max", "min"} <= set(d["min_bits"])
@@ -146,12 +170,13 @@ def test_kappa_result_json_keys_and_witness_attains_lower(tmp_path: Path) -> Non
     assert d["gain"]["max"] <= d["lipschitz_product"] <= d["analytic_bound"]
     w = res.witness
     assert w is not None
-    x0 = data.images[w.image:w.image + 1]
+    x0 = data.images[w.image : w.image + 1]
     xw = torch.tensor(w.x).reshape(x0.shape)
     k, _ = kappa_of(net, x0, xw - x0)
     assert float(k[0]) == pytest.approx(res.lower, rel=1e-12)
     assert w.label_before != w.label_after
     from quantcert.report.output import write_json
+
     write_json(d, str(tmp_path / "k.json"))
     assert json.loads((tmp_path / "k.json").read_text())["images"] == 40
 
@@ -197,15 +222,18 @@ def _residual_net() -> Network:
     w1 = torch.randn(4, 1, 3, 3, generator=g, dtype=DTYPE) * 0.5
     w2 = torch.randn(4, 4, 3, 3, generator=g, dtype=DTYPE) * 0.2
     fc = torch.randn(3, 4 * 36, generator=g, dtype=DTYPE) * 0.2
-    return Network([
-        Node("c1", Conv(w1, torch.zeros(4, dtype=DTYPE), padding=(1, 1)), (INPUT,)),
-        Node("r1", ReLU(), ("c1",)),
-        Node("c2", Conv(w2, None, padding=(1, 1)), ("r1",)),
-        Node("add", Sum((1.0, 1.0)), ("c2", "r1")),
-        Node("r2", ReLU(), ("add",)),
-        Node("flat", Reshape((144,)), ("r2",)),
-        Node("fc", Affine(fc, torch.zeros(3, dtype=DTYPE)), ("flat",)),
-    ], (1, 6, 6))
+    return Network(
+        [
+            Node("c1", Conv(w1, torch.zeros(4, dtype=DTYPE), padding=(1, 1)), (INPUT,)),
+            Node("r1", ReLU(), ("c1",)),
+            Node("c2", Conv(w2, None, padding=(1, 1)), ("r1",)),
+            Node("add", Sum((1.0, 1.0)), ("c2", "r1")),
+            Node("r2", ReLU(), ("add",)),
+            Node("flat", Reshape((144,)), ("r2",)),
+            Node("fc", Affine(fc, torch.zeros(3, dtype=DTYPE)), ("flat",)),
+        ],
+        (1, 6, 6),
+    )
 
 
 def test_layer_kappa_on_a_residual_dag_is_bounded_by_the_analytic_kappa() -> None:
@@ -224,8 +252,9 @@ def test_layer_kappa_on_a_residual_dag_is_bounded_by_the_analytic_kappa() -> Non
 
 
 # --------------------------------------------------------------------- CLI entry points
-def test_kappa_command_prints_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                              ) -> None:
+def test_kappa_command_prints_and_writes_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     kappa_command(str(MLP), str(MNIST), "random", 10, None)
     out = capsys.readouterr().out
     assert "kappa (random) of mnist-net_256x2 over 10 images" in out
@@ -235,8 +264,9 @@ def test_kappa_command_prints_and_writes_json(tmp_path: Path, capsys: pytest.Cap
         kappa_command(str(MLP), str(MNIST), "certified", 5, None)
 
 
-def test_reproduce_thesis_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reproduce_thesis_writes_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import quantcert.analyses.thesis as thesis
 
     small: tuple[Case, ...] = (CASES[0], CASES[-2])
@@ -249,6 +279,10 @@ def test_reproduce_thesis_writes_report(tmp_path: Path, capsys: pytest.CaptureFi
     assert set(doc["tables"]["table_5_1"]) == {"mnist-net_256x2", "resnet_2b"}
     report = (tmp_path / "report.md").read_text()
     assert "Table 5.1" in report and "Table 5.2" in report and "Eq. 3.8" in report
-    for fig in ("fig_4_3_perturbation", "fig_5_1_kappa_deepfool", "fig_5_2_kappa_histogram",
-                "fig_5_3_kappa_random"):
+    for fig in (
+        "fig_4_3_perturbation",
+        "fig_5_1_kappa_deepfool",
+        "fig_5_2_kappa_histogram",
+        "fig_5_3_kappa_random",
+    ):
         assert (tmp_path / f"{fig}.png").stat().st_size > 1000

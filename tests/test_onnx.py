@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import MODELS, SHARED
+from conftest import MODELS, PACKAGED, SHARED
 from quantcert import load
 from quantcert.errors import InputError
 
-SHIPPED = sorted(MODELS.glob("*.onnx"))
+SHIPPED = sorted(MODELS.glob("*.onnx")) + sorted(PACKAGED.glob("**/*.onnx"))
 
 
 def _compare(

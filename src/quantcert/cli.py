@@ -63,6 +63,10 @@ DomainOpt = Annotated[
 GapOpt = Annotated[float, typer.Option("--gap", help="Stop when upper - lower <= GAP")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Time budget in seconds")]
 MethodOpt = Annotated[str, typer.Option("--method", help="Bounds: crown or ibp")]
+LevelOpt = Annotated[float | None, typer.Option(help="Decision level (sigmoid: 0.5)")]
+EngineOpt = Annotated[
+    str, typer.Option("--engine", help="quantcert (bounds + B&B) or exact (SCIP, small nets)")
+]
 
 
 def _query_setup(
@@ -111,6 +115,12 @@ def _case_columns(model: str) -> tuple[str, ...] | None:
     return case_info(model).columns
 
 
+def _engine(name: str) -> str:
+    if name not in ("quantcert", "exact"):
+        raise InputError(f"--engine must be quantcert or exact, got {name!r}")
+    return name
+
+
 def _budget(gap: float, timeout: float, method: str) -> Any:
     from quantcert.analyses.epsilon import Budget
 
@@ -149,13 +159,20 @@ def epsilon(
     gap: GapOpt = 1e-4,
     timeout: TimeoutOpt = 60.0,
     method: MethodOpt = "crown",
+    engine: EngineOpt = "quantcert",
     json: JsonOpt = None,
 ) -> None:
     """Largest output change |f_theta(x) - f_theta0(x)| (seed 000 Defs. 1-2)."""
+    net, pert, box = _query_setup(model, delta, relative, select, at, domain)
+    budget = _budget(gap, timeout, method)
+    if _engine(engine) == "exact":
+        from quantcert.analyses.exact_queries import epsilon_exact
+
+        _emit_query(epsilon_exact(net, pert, box, budget), json)
+        return
     from quantcert.analyses.epsilon import epsilon as run
 
-    net, pert, box = _query_setup(model, delta, relative, select, at, domain)
-    _emit_query(run(net, pert, box, _budget(gap, timeout, method)), json)
+    _emit_query(run(net, pert, box, budget), json)
 
 
 @app.command()
@@ -168,14 +185,90 @@ def flip(
     domain: DomainOpt = None,
     timeout: TimeoutOpt = 60.0,
     method: MethodOpt = "crown",
-    level: Annotated[float | None, typer.Option(help="Decision level (sigmoid: 0.5)")] = None,
+    level: LevelOpt = None,
+    engine: EngineOpt = "quantcert",
     json: JsonOpt = None,
 ) -> None:
     """Can a parameter setting in the box change the label? (seed 000 Defs. 3-4)."""
+    net, pert, box = _query_setup(model, delta, relative, select, at, domain)
+    budget = _budget(0.0, timeout, method)
+    if _engine(engine) == "exact":
+        from quantcert.analyses.exact_queries import flip_exact
+
+        _emit_query(flip_exact(net, pert, box, budget, level), json)
+        return
     from quantcert.analyses.flip import flip as run
 
-    net, pert, box = _query_setup(model, delta, relative, select, at, domain)
-    _emit_query(run(net, pert, box, _budget(0.0, timeout, method), level), json)
+    _emit_query(run(net, pert, box, budget, level), json)
+
+
+@app.command()
+def sigma(
+    model: ModelArg,
+    domain: Annotated[str, typer.Option("--domain", help="A box: LO:HI,... | .vnnlib | .csv")],
+    delta: DeltaOpt = None,
+    relative: RelOpt = None,
+    level: LevelOpt = None,
+    gap: GapOpt = 1e-4,
+    timeout: TimeoutOpt = 60.0,
+    engine: EngineOpt = "quantcert",
+    json: JsonOpt = None,
+) -> None:
+    """Largest distance from the decision level that can still flip, per side (Def. 5)."""
+    from quantcert.analyses.paper_cli import sigma_command
+
+    sigma_command(model, delta, relative, domain, level, gap, timeout, _engine(engine), json)
+
+
+@app.command()
+def kappa(
+    model: ModelArg,
+    data: Annotated[str, typer.Option("--data", help=".npz (images, labels) or .vnnlib")],
+    method: Annotated[
+        str, typer.Option("--method", help="deepfool, random, analytic or certified")
+    ] = "deepfool",
+    limit: Annotated[int | None, typer.Option("--limit", help="First N images")] = None,
+    json: JsonOpt = None,
+) -> None:
+    """Condition number kappa and the input bits it implies (seed 003)."""
+    from quantcert.analyses.kappa_cli import kappa_command
+
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be >= 1, got {limit}")
+    kappa_command(model, data, method, limit, json)
+
+
+@app.command()
+def reproduce(
+    what: Annotated[str, typer.Argument(help="paper (seed 000) or thesis (seed 003)")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Images per network (thesis)")
+    ] = None,
+) -> None:
+    """Reproduce a seed's tables and figures, with certificates."""
+    if what == "thesis":
+        from quantcert.analyses.kappa_cli import reproduce_thesis_command
+
+        reproduce_thesis_command(out or Path("quantcert-thesis"), limit)
+    elif what == "paper":
+        from quantcert.analyses.paper_cli import reproduce_paper_command
+
+        reproduce_paper_command(out or Path("quantcert-paper"))
+    else:
+        raise InputError(f"reproduce what? {what!r}: use paper or thesis")
+
+
+@app.command("train-case")
+def train_case(
+    case: Annotated[str, typer.Argument(help="The case study to re-train: athletes")],
+) -> None:
+    """Re-train the athletes MLPs (fixed seed) and rewrite the shipped weights."""
+    if case != "athletes":
+        raise InputError(f"unknown case to train {case!r}: the only trainable case is athletes")
+    from quantcert.cases.athletes import main as train
+
+    train()
 
 
 @app.command()
