@@ -27,9 +27,10 @@ def _certificate(net: Network, res: exact.ExactResult) -> Certificate:
     return Certificate(res.lower, res.upper, res.status, witness, res.time_s, f"exact-{res.engine}")
 
 
-def _where(box: Box) -> dict[str, object]:
+def _where(box: Box) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
+    """``(point, None)`` for a degenerate box, else ``(None, (lo, hi))``."""
     lo, hi = box.lo[0].flatten().numpy(), box.hi[0].flatten().numpy()
-    return {"point": lo} if np.array_equal(lo, hi) else {"box": (lo, hi)}
+    return (lo, None) if np.array_equal(lo, hi) else (None, (lo, hi))
 
 
 def _single_output(net: Network) -> None:
@@ -42,9 +43,9 @@ def epsilon_exact(net: Network, pert: Perturbation, box: Box, budget: Budget) ->
     res = exact.max_abs_change(
         net,
         _radius(pert),
-        **_where(box),
+        *_where(box),
         time_limit=budget.timeout,
-        absgap=budget.gap,  # type: ignore[arg-type]
+        absgap=budget.gap,
     )
     point = bool(np.array_equal(box.lo.numpy(), box.hi.numpy()))
     spec = {"perturbation": pert.description, "gap": budget.gap, "timeout": budget.timeout}
@@ -60,8 +61,8 @@ def flip_exact(
     res = exact.flip(
         net,
         _radius(pert),
-        **_where(box),
-        level=0.5 if level is None else level,  # type: ignore[arg-type]
+        *_where(box),
+        level=0.5 if level is None else level,
         time_limit=budget.timeout,
     )
     point = bool(np.array_equal(box.lo.numpy(), box.hi.numpy()))
