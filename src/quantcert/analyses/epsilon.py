@@ -72,7 +72,7 @@ def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> Quer
     per_output = []
     small = pert.count * n_out < 200_000  # large nets: one start per column, fewer steps
     witnesses = search(
-        net, pert, box, objective, 2 * n_out, restarts=6 if small else 1, steps=60 if small else 25
+        net, pert, box, objective, 2 * n_out, restarts=6 if small else 1, steps=60 if small else 6
     )
     for k in range(n_out):
         w = max(witnesses[k], witnesses[n_out + k], key=lambda v: v.value)
