@@ -72,7 +72,7 @@ def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> Quer
     per_output = []
     small = pert.count * n_out < 200_000  # large nets: one start per column, fewer steps
     witnesses = search(
-        net, pert, box, objective, 2 * n_out, restarts=6 if small else 1, steps=60 if small else 6
+        net, pert, box, objective, 2 * n_out, restarts=4 if small else 1, steps=30 if small else 6
     )
     for k in range(n_out):
         w = max(witnesses[k], witnesses[n_out + k], key=lambda v: v.value)
@@ -88,7 +88,10 @@ def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> Quer
         status = "optimal" if upper - lower <= budget.gap else "bounded"
         overall = Certificate(lower, upper, status, _record(net, best), 0.0, _engine(budget))
     else:
-        overall = _global(net, pert, box, bound_rows, objective, 2 * n_out, budget, deadline)
+        start_witness = max(witnesses, key=lambda v: v.value)
+        overall = _global(
+            net, pert, box, bound_rows, objective, 2 * n_out, budget, deadline, start_witness
+        )
     elapsed = time.perf_counter() - start
     overall = _with_time(overall, elapsed)
     per_output = [_with_time(c, elapsed) for c in per_output]
@@ -115,16 +118,17 @@ def _global(
     columns: int,
     budget: Budget,
     deadline: float,
+    start_witness: Witness,
 ) -> Certificate:
     def bound(boxes: Box) -> Tensor:
         upper: Tensor = bound_rows(boxes).max(1).values
         return upper
 
     def attack(boxes: Box, steps: int) -> Witness:
-        found = search(net, pert, boxes, objective, columns, restarts=2, steps=steps)
+        found = search(net, pert, boxes, objective, columns, restarts=1, steps=steps)
         return max(found, key=lambda w: w.value)
 
-    out = maximise(bound, attack, box, budget.gap, deadline)
+    out = maximise(bound, attack, box, budget.gap, deadline, initial=start_witness)
     return Certificate(
         out.lower, out.upper, out.status, _record(net, out.witness), 0.0, _engine(budget)
     )

@@ -42,15 +42,17 @@ def maximise(
     batch: int = 256,
     max_boxes: int = 200_000,
     decided: Callable[[float, float], bool] | None = None,
+    initial: Witness | None = None,
 ) -> BabOutcome:
     """``root`` is one box (batch 1). ``deadline`` is a ``time.perf_counter`` value.
-    ``decided(lower, upper)`` may end the search early (verification queries)."""
+    ``decided(lower, upper)`` may end the search early (verification queries); ``initial`` is
+    a witness already found (else the search starts with a thorough attack on the root)."""
     width = (root.hi - root.lo).flatten(1)[0]
     scale = torch.where(width > 0, width, torch.ones_like(width))
     lo, hi = root.lo.flatten(1), root.hi.flatten(1)
     shape = root.lo.shape[1:]
     ub = bound(root)
-    best = attack(root, 60)
+    best = initial if initial is not None else attack(root, 60)
     pruned_max = -torch.inf
     rounds, status, seen = 0, "exhausted", 1
     try:
@@ -72,7 +74,7 @@ def maximise(
             c_ub = bound(c_box)
             top = c_ub.argsort(descending=True)[:2]
             if float(c_ub[top[0]]) > best.value + gap:  # a better witness may still exist
-                found = attack(Box(c_box.lo[top], c_box.hi[top]), 8)
+                found = attack(Box(c_box.lo[top], c_box.hi[top]), 4)
                 best = found if found.value > best.value else best
             seen += c_lo.shape[0]
             lo, hi, ub = (
@@ -91,11 +93,16 @@ def maximise(
 
 
 def _split(lo: Tensor, hi: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """Halve each box (rows of lo/hi) along its widest side relative to the root box."""
-    dim = ((hi - lo) / scale).argmax(1)
-    rows = torch.arange(lo.shape[0])
-    mid = (lo[rows, dim] + hi[rows, dim]) / 2
-    left_hi, right_lo = hi.clone(), lo.clone()
-    left_hi[rows, dim] = mid
-    right_lo[rows, dim] = mid
-    return torch.cat([lo, right_lo]), torch.cat([left_hi, hi])
+    """Split each box (rows of lo/hi) at the middle of its widest sides relative to the root
+    box: all sides when there are at most three (2**d children: low-dimensional domains
+    converge in fewer rounds), else the widest one."""
+    sides = lo.shape[1] if lo.shape[1] <= 3 else 1
+    for _ in range(sides):
+        dim = ((hi - lo) / scale).argmax(1)
+        rows = torch.arange(lo.shape[0])
+        mid = (lo[rows, dim] + hi[rows, dim]) / 2
+        left_hi, right_lo = hi.clone(), lo.clone()
+        left_hi[rows, dim] = mid
+        right_lo[rows, dim] = mid
+        lo, hi = torch.cat([lo, right_lo]), torch.cat([left_hi, hi])
+    return lo, hi
