@@ -226,7 +226,7 @@ def _side(
         return side_search(p, side, boxes, steps, restarts=16 if steps > 20 else 4)
 
     def decided(lower: float, upper: float) -> bool:
-        if upper == -math.inf:
+        if upper == -math.inf or upper - max(lower, 0.0) <= budget.gap:  # sigma >= 0 always
             return True
         return target is not None and (lower >= target or upper < target)
 
@@ -235,8 +235,13 @@ def _side(
         return Certificate(0.0, 0.0, "verified", None, 0.0, engine)
     w = out.witness
     if w.value == -math.inf:  # none found: sigma >= 0 holds trivially
-        return Certificate(0.0, max(out.upper, 0.0), out.status, None, 0.0, engine)
-    status = out.status if out.status != "exhausted" else "bounded"
-    if out.upper - w.value <= budget.gap:
-        status = "optimal"
+        upper = max(out.upper, 0.0)
+        status = "optimal" if upper <= budget.gap else _status(out.status)
+        return Certificate(0.0, upper, status, None, 0.0, engine)
+    status = "optimal" if out.upper - w.value <= budget.gap else _status(out.status)
     return Certificate(w.value, max(out.upper, w.value), status, _record(p.net, w), 0.0, engine)
+
+
+def _status(bab_status: str) -> str:
+    """B&B's end reason as a certificate status (``exhausted``: stopped short of the gap)."""
+    return "bounded" if bab_status in ("exhausted", "optimal") else bab_status
