@@ -128,11 +128,16 @@ def _budget(gap: float, timeout: float, method: str) -> Any:
         raise InputError(f"--method must be crown or ibp, got {method!r}")
     if not gap >= 0 or not timeout > 0:
         raise InputError("--gap must be >= 0 and --timeout > 0")
-    return Budget(gap=gap, timeout=timeout, method=method)  # type: ignore[arg-type]
+    from quantcert.report.progress import BoundsProgress
+
+    progress = BoundsProgress("branch and bound")
+    return Budget(gap=gap, timeout=timeout, method=method, progress=progress)  # type: ignore[arg-type]
 
 
-def _emit_query(result: Any, json_target: str | None) -> None:
+def _emit_query(result: Any, json_target: str | None, budget: Any = None) -> None:
     """Write a query result; a large witness goes to an .npz beside the JSON."""
+    if budget is not None and budget.progress is not None:
+        budget.progress.close()
     import dataclasses
 
     import numpy as np
@@ -168,11 +173,11 @@ def epsilon(
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import epsilon_exact
 
-        _emit_query(epsilon_exact(net, pert, box, budget), json)
+        _emit_query(epsilon_exact(net, pert, box, budget), json, budget)
         return
     from quantcert.analyses.epsilon import epsilon as run
 
-    _emit_query(run(net, pert, box, budget), json)
+    _emit_query(run(net, pert, box, budget), json, budget)
 
 
 @app.command()
@@ -195,11 +200,11 @@ def flip(
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import flip_exact
 
-        _emit_query(flip_exact(net, pert, box, budget, level), json)
+        _emit_query(flip_exact(net, pert, box, budget, level), json, budget)
         return
     from quantcert.analyses.flip import flip as run
 
-    _emit_query(run(net, pert, box, budget, level), json)
+    _emit_query(run(net, pert, box, budget, level), json, budget)
 
 
 @app.command()

@@ -3,6 +3,7 @@ box, at a point (local) or over an input box (global), per output and overall.""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,9 +30,12 @@ from quantcert.report.results import Certificate, QueryResult, WitnessRecord
 
 @dataclass(frozen=True)
 class Budget:
+    """When to stop, how to bound, and where to report the running ``[lower, upper]``."""
+
     gap: float = 1e-4
     timeout: float = 60.0
     method: Method = "crown"
+    progress: Callable[[float, float, int], None] | None = None
 
 
 def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
@@ -94,7 +98,11 @@ def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> Quer
         )
     elapsed = time.perf_counter() - start
     overall = _with_time(overall, elapsed)
-    per_output = [_with_time(c, elapsed) for c in per_output]
+    # The overall upper bounds every output's change, and may be tighter after splitting.
+    per_output = [
+        _with_time(dataclasses.replace(c, upper=max(min(c.upper, overall.upper), c.lower)), elapsed)
+        for c in per_output
+    ]
     return QueryResult(
         "epsilon " + ("local" if point else "global"),
         overall,
@@ -128,7 +136,9 @@ def _global(
         found = search(net, pert, boxes, objective, columns, restarts=1, steps=steps)
         return max(found, key=lambda w: w.value)
 
-    out = maximise(bound, attack, box, budget.gap, deadline, initial=start_witness)
+    out = maximise(
+        bound, attack, box, budget.gap, deadline, initial=start_witness, progress=budget.progress
+    )
     return Certificate(
         out.lower, out.upper, out.status, _record(net, out.witness), 0.0, _engine(budget)
     )

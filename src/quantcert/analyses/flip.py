@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from quantcert.analyses.epsilon import Budget, _record
-from quantcert.engines.attack import Objective, search
+from quantcert.engines.attack import Objective, Witness, search
 from quantcert.engines.bab import maximise
 from quantcert.engines.bounds import bound_spec, engine_threads
 from quantcert.engines.pair import NOMINAL, PERTURBED, difference_network, pair_radii
@@ -94,6 +94,34 @@ def score_objective(net: Network, t: float) -> Objective:
     return objective
 
 
+def search_objective(net: Network, t: float) -> Objective:
+    """Two columns to ascend: the score itself, and the perturbed margin against the nominal
+    label (``> 0`` iff the label changes). The score's max over classes ties at the nominal
+    point, where a constant branch can carry the gradient; the margin has no such tie."""
+    score = score_objective(net, t)
+
+    def objective(x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
+        z_p, z_n = net.logits(x, params), net.logits(x)
+        if z_n.shape[1] == 1:
+            side = torch.where(z_n[:, 0] >= t, 1.0, -1.0).to(z_p)
+            margin = side * (t - z_p[:, 0])
+        else:
+            label = z_n.argmax(1, keepdim=True)
+            own = z_p.gather(1, label)[:, 0]
+            margin = z_p.scatter(1, label, -torch.inf).max(1).values - own
+        return torch.cat([score(x, params), margin.unsqueeze(1)], 1)
+
+    return objective
+
+
+def _rescore(net: Network, score: Objective, w: Witness) -> Witness:
+    """The witness valued by the (sound) flip score, in float64."""
+    params = {k: v.unsqueeze(0) for k, v in w.params.items()}
+    with torch.no_grad():
+        value = float(score(w.x.unsqueeze(0), params)[0, 0])
+    return Witness(value, w.x, w.params)
+
+
 def flip(
     net: Network,
     pert: Perturbation,
@@ -127,13 +155,23 @@ def _flip(
         )
         return _score_upper(u_n, u_p, k, t)
 
-    objective = score_objective(net, t)
+    score, objective = score_objective(net, t), search_objective(net, t)
+    large = pert.count > 100_000  # large nets: one start, few steps (the first hits the corner)
 
-    def attack(boxes: Box, steps: int):  # type: ignore[no-untyped-def]
-        return search(net, pert, boxes, objective, 1, restarts=4, steps=steps)[0]
+    def attack(boxes: Box, steps: int) -> Witness:
+        restarts, steps = (1, min(steps, 8)) if large else (4, steps)
+        found = search(net, pert, boxes, objective, 2, restarts=restarts, steps=steps)
+        rescored = [_rescore(net, score, w) for w in found]
+        return max(rescored, key=lambda w: w.value)
 
     out = maximise(
-        bound, attack, box, 0.0, start + budget.timeout, decided=lambda lo, up: lo > 0 or up < 0
+        bound,
+        attack,
+        box,
+        0.0,
+        start + budget.timeout,
+        decided=lambda lo, up: lo > 0 or up < 0,
+        progress=budget.progress,
     )
     w = out.witness
     params = {name: v.unsqueeze(0) for name, v in w.params.items()}

@@ -43,6 +43,7 @@ def maximise(
     max_boxes: int = 200_000,
     decided: Callable[[float, float], bool] | None = None,
     initial: Witness | None = None,
+    progress: Callable[[float, float, int], None] | None = None,
 ) -> BabOutcome:
     """``root`` is one box (batch 1). ``deadline`` is a ``time.perf_counter`` value.
     ``decided(lower, upper)`` may end the search early (verification queries); ``initial`` is
@@ -58,6 +59,8 @@ def maximise(
     try:
         while True:
             upper = max(float(ub.max()) if ub.numel() else -torch.inf, pruned_max, best.value)
+            if progress is not None:
+                progress(best.value, upper, seen)
             if upper - best.value <= gap or (decided is not None and decided(best.value, upper)):
                 status = "optimal"
                 break
