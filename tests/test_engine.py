@@ -146,3 +146,36 @@ def test_bounds_survive_float_rounding() -> None:
     # The hazard is real: float32 arithmetic on the same sum rounds it away entirely.
     naive = np.float32(1e16) + np.float32(1.0) - np.float32(1e16) + np.float32(3.0)
     assert Fraction(float(naive)) != Fraction(1e16) + 1 - Fraction(1e16) + 3
+
+
+def _conv_residual_net(seed: int) -> Network:
+    """conv -> relu -> conv (+ skip) -> relu -> maxpool -> flatten -> affine."""
+    from quantcert.ops import Conv, MaxPool, ReLU, Reshape, Sum
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=DTYPE) * 0.5
+
+    nodes = [
+        Node("c1", Conv(rnd(3, 1, 3, 3), rnd(3), padding=(1, 1)), (INPUT,)),
+        Node("r1", ReLU(), ("c1",)),
+        Node("c2", Conv(rnd(3, 3, 3, 3), rnd(3), padding=(1, 1)), ("r1",)),
+        Node("add", Sum((1.0, 1.0)), ("c2", "r1")),
+        Node("r2", ReLU(), ("add",)),
+        Node("pool", MaxPool((2, 2), (2, 2)), ("r2",)),
+        Node("flat", Reshape((12,)), ("pool",)),
+        Node("fc", Affine(rnd(2, 12), rnd(2)), ("flat",)),
+    ]
+    return Network(nodes, (1, 4, 4))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 1000), width=st.floats(0.0, 0.3), delta=st.floats(1e-4, 0.05))
+def test_conv_residual_bounds_are_not_beaten(seed: int, width: float, delta: float) -> None:
+    net = _conv_residual_net(seed)
+    center = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    box = Box(center - width, center + width)
+    res = epsilon(net, perturbation.absolute(net, delta), box, Budget(gap=1e9))
+    assert bool((_sampled_max(net, delta, box, n=2000) <= res.overall.upper).all())
+    assert res.overall.lower <= res.overall.upper

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from quantcert.network import INPUT, Network, Node
-from quantcert.ops.activations import LeakyReLU
+from quantcert.ops.activations import Elementwise, LeakyReLU
 from quantcert.ops.base import DTYPE, REL_MARGIN, Box
 
 Method = Literal["ibp", "crown"]
@@ -89,7 +89,9 @@ def _concretise(a: Tensor, box: Box) -> tuple[Tensor, Tensor]:
 def _rows_to_tighten(node: Node, consumers: list[Node], box: Box) -> Tensor | None:
     """Flat indices of the neurons of ``node`` whose bounds are worth a backward pass."""
     nonlinear = [c for c in consumers if c.op.nonlinear]
-    if not nonlinear:
+    if not nonlinear or isinstance(node.op, Elementwise):
+        # The interval of a monotone elementwise activation on tightened inputs is exact per
+        # neuron: a backward pass from its output cannot do better.
         return None
     lo, hi = box.lo.flatten(1), box.hi.flatten(1)
     if all(isinstance(c.op, LeakyReLU) for c in nonlinear):

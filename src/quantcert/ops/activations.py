@@ -29,7 +29,7 @@ def _apply_lines(A: Tensor, lines: Lines) -> tuple[list[Tensor], Tensor, Tensor]
     return [a_in], const, magnitude
 
 
-class _Elementwise(Op):
+class Elementwise(Op):
     nonlinear = True
 
     def fn(self, z: Tensor) -> Tensor:
@@ -53,7 +53,7 @@ class _Elementwise(Op):
         return _apply_lines(A, self.lines(boxes[0]))
 
 
-class Identity(_Elementwise):
+class Identity(Elementwise):
     """A linear hidden activation (seed 000's ATH-Linear)."""
 
     nonlinear = False
@@ -69,7 +69,7 @@ class Identity(_Elementwise):
         return one, zero, one, zero
 
 
-class LeakyReLU(_Elementwise):
+class LeakyReLU(Elementwise):
     """``z`` for ``z >= 0``, ``slope * z`` below; ``slope`` in [0, 1]. ReLU is slope 0."""
 
     def __init__(self, slope: float = 0.01) -> None:
@@ -131,7 +131,7 @@ def _offset_bound(
     return best + pad if upper else best - pad
 
 
-class _SShaped(_Elementwise):
+class _SShaped(Elementwise):
     """Monotone, convex below 0 and concave above 0 (sigmoid, tanh)."""
 
     def deriv(self, z: Tensor) -> Tensor:
