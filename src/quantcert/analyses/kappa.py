@@ -54,8 +54,12 @@ def stats(values: np.ndarray) -> dict[str, float]:
     v = values[np.isfinite(values)]
     if v.size == 0:
         return {"mean": math.nan, "median": math.nan, "min": math.nan, "max": math.nan}
-    return {"mean": float(v.mean()), "median": float(np.median(v)),
-            "min": float(v.min()), "max": float(v.max())}
+    return {
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
 
 
 @dataclass(frozen=True)
@@ -71,9 +75,15 @@ class KappaWitness:
     x: np.ndarray
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "kappa": self.kappa, "gain": self.gain,
-                "dx_norm": self.dx_norm, "label_before": self.label_before,
-                "label_after": self.label_after, "x": self.x.ravel().tolist()}
+        return {
+            "image": self.image,
+            "kappa": self.kappa,
+            "gain": self.gain,
+            "dx_norm": self.dx_norm,
+            "label_before": self.label_before,
+            "label_after": self.label_after,
+            "x": self.x.ravel().tolist(),
+        }
 
 
 @dataclass(frozen=True)
@@ -123,23 +133,32 @@ def _random_like(dx: Tensor, draws: int, gen: torch.Generator) -> Tensor:
     return scaled
 
 
-def _consider(best: _Best, net: Network, x: Tensor, dx: Tensor, k: Tensor, g: Tensor,
-              offset: int) -> None:
+def _consider(
+    best: _Best, net: Network, x: Tensor, dx: Tensor, k: Tensor, g: Tensor, offset: int
+) -> None:
     """Keep the chunk's largest finite kappa as the witness when it beats ``best``."""
     finite = torch.where(torch.isfinite(k), k, torch.full_like(k, -math.inf))
     i = int(finite.argmax())
     if not float(finite[i]) > best.kappa:
         return
-    xi, xa = x[i:i + 1], x[i:i + 1] + dx[i:i + 1]
+    xi, xa = x[i : i + 1], x[i : i + 1] + dx[i : i + 1]
     with torch.no_grad():
         before, after = int(net.logits(xi).argmax()), int(net.logits(xa).argmax())
     best.kappa = float(finite[i])
-    best.witness = KappaWitness(offset + i, float(k[i]), float(g[i]), float(_norms(dx[i:i + 1])[0]),
-                                before, after, xa[0].numpy().copy())
+    best.witness = KappaWitness(
+        offset + i,
+        float(k[i]),
+        float(g[i]),
+        float(_norms(dx[i : i + 1])[0]),
+        before,
+        after,
+        xa[0].numpy().copy(),
+    )
 
 
-def _measure_chunk(net: Network, x: Tensor, draws: int, gen: torch.Generator,
-                   best: dict[str, _Best], offset: int) -> dict[str, Tensor]:
+def _measure_chunk(
+    net: Network, x: Tensor, draws: int, gen: torch.Generator, best: dict[str, _Best], offset: int
+) -> dict[str, Tensor]:
     df = deepfool(net, x)
     dx = df.perturbation
     k_df, g_df = kappa_of(net, x, dx, df.logits)
@@ -154,27 +173,41 @@ def _measure_chunk(net: Network, x: Tensor, draws: int, gen: torch.Generator,
         best_dx[better] = r[better]
     k_rand = torch.where(torch.isinf(k_rand), torch.full_like(k_rand, math.nan), k_rand)
     _consider(best["random"], net, x, best_dx, k_rand, g_rand, offset)
-    return {"x_norm": _norms(x), "y_norm": _norms(df.logits), "dx_norm": df.norm,
-            "deepfool_kappa": k_df, "deepfool_gain": g_df, "random_kappa": k_rand,
-            "random_gain": g_rand, "flipped": df.flipped, "predicted": df.original,
-            "iterations": df.iterations}
+    return {
+        "x_norm": _norms(x),
+        "y_norm": _norms(df.logits),
+        "dx_norm": df.norm,
+        "deepfool_kappa": k_df,
+        "deepfool_gain": g_df,
+        "random_kappa": k_rand,
+        "random_gain": g_rand,
+        "flipped": df.flipped,
+        "predicted": df.original,
+        "iterations": df.iterations,
+    }
 
 
 def chunk_size(net: Network, classes: int = 10) -> int:
     return max(1, min(1000, CHUNK_ENTRIES // (classes * int(np.prod(net.input_shape)))))
 
 
-def measure(net: Network, images: Tensor, draws: int = 10, seed: int = 0,
-            progress: bool = True) -> Measurement:
+def measure(
+    net: Network, images: Tensor, draws: int = 10, seed: int = 0, progress: bool = True
+) -> Measurement:
     """DeepFool and random perturbations (``draws`` per image) for ``images`` (N, *shape)."""
     gen = torch.Generator().manual_seed(seed)
     best = {"deepfool": _Best(), "random": _Best()}
     parts: list[dict[str, Tensor]] = []
     step = chunk_size(net)
-    with tqdm(total=len(images), desc=f"kappa {net.name}", file=sys.stderr,
-              disable=not progress, unit="img") as bar:
+    with tqdm(
+        total=len(images),
+        desc=f"kappa {net.name}",
+        file=sys.stderr,
+        disable=not progress,
+        unit="img",
+    ) as bar:
         for start in range(0, len(images), step):
-            x = images[start:start + step].to(DTYPE)
+            x = images[start : start + step].to(DTYPE)
             parts.append(_measure_chunk(net, x, draws, gen, best, start))
             bar.update(len(x))
     cat = {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
@@ -218,8 +251,12 @@ class KappaResult:
 
     def to_dict(self) -> dict[str, Any]:
         rel = self.relative_perturbation[self.flipped] if self.flipped.any() else np.array([])
-        out: dict[str, Any] = {"model": self.model, "method": self.method, "images": self.images,
-                               "flipped": int(self.flipped.sum())}
+        out: dict[str, Any] = {
+            "model": self.model,
+            "method": self.method,
+            "images": self.images,
+            "flipped": int(self.flipped.sum()),
+        }
         if self.labels is not None:
             out["accuracy"] = float((self.predicted == self.labels).mean())
         out.update(self.summary())
@@ -230,15 +267,25 @@ class KappaResult:
         out["lipschitz_product"] = self.bound.product
         out["analytic"] = self.bound.to_dict()
         gap = None if self.lower is None or self.upper is None else self.upper - self.lower
-        out.update({"lower": self.lower, "upper": self.upper, "gap": gap,
-                    "status": self.status,
-                    "witness": None if self.witness is None else self.witness.to_dict(),
-                    "time_s": self.time_s, "engine": f"kappa/{self.method}",
-                    "draws": self.draws})
+        out.update(
+            {
+                "lower": self.lower,
+                "upper": self.upper,
+                "gap": gap,
+                "status": self.status,
+                "witness": None if self.witness is None else self.witness.to_dict(),
+                "time_s": self.time_s,
+                "engine": f"kappa/{self.method}",
+                "draws": self.draws,
+            }
+        )
         out.update(self.extra)
-        out["per_image"] = {"kappa": self.kappa.tolist(), "gain": self.gain.tolist(),
-                            "relative_perturbation": self.relative_perturbation.tolist(),
-                            "flipped": self.flipped.tolist()}
+        out["per_image"] = {
+            "kappa": self.kappa.tolist(),
+            "gain": self.gain.tolist(),
+            "relative_perturbation": self.relative_perturbation.tolist(),
+            "flipped": self.flipped.tolist(),
+        }
         return out
 
     def to_text(self) -> str:
@@ -249,18 +296,26 @@ class KappaResult:
         if "accuracy" in d:
             rows.append(f"  accuracy on these images: {d['accuracy']:.4f}")
         for key in ("mean", "median", "max", "min"):
-            rows.append(f"  {key:>6} kappa {s['kappa'][key]:12.5g}   digits "
-                        f"{s['digits'][key]:6.2f}   min bits {s['min_bits'][key]:3d}")
+            rows.append(
+                f"  {key:>6} kappa {s['kappa'][key]:12.5g}   digits "
+                f"{s['digits'][key]:6.2f}   min bits {s['min_bits'][key]:3d}"
+            )
         b = self.bound
         if measured:
             rel = d["relative_perturbation"]
-            rows.append(f"  |dx|/|x| (flipped): mean {rel['mean']:.3g}  min {rel['min']:.3g}  "
-                        f"max {rel['max']:.3g}")
-            rows.append(f"  max measured |dy|/|dx| {d['gain']['max']:.6g} <= Lipschitz product "
-                        f"bound {b.product:.6g}  (Eq. 3.8 as printed: {b.eq_3_8:.6g})")
+            rows.append(
+                f"  |dx|/|x| (flipped): mean {rel['mean']:.3g}  min {rel['min']:.3g}  "
+                f"max {rel['max']:.3g}"
+            )
+            rows.append(
+                f"  max measured |dy|/|dx| {d['gain']['max']:.6g} <= Lipschitz product "
+                f"bound {b.product:.6g}  (Eq. 3.8 as printed: {b.eq_3_8:.6g})"
+            )
         else:
-            rows.append(f"  kappa <= L |x| / |y| per image, L = Lipschitz product bound "
-                        f"{b.product:.6g}  (Eq. 3.8 as printed: {b.eq_3_8:.6g})")
+            rows.append(
+                f"  kappa <= L |x| / |y| per image, L = Lipschitz product bound "
+                f"{b.product:.6g}  (Eq. 3.8 as printed: {b.eq_3_8:.6g})"
+            )
         upper = "none" if self.upper is None else f"{self.upper:.6g}"
         lower = "none" if self.lower is None else f"{self.lower:.6g}"
         wit = "" if self.witness is None else f" (image {self.witness.image})"
@@ -270,28 +325,63 @@ class KappaResult:
 
 def _analytic(net: Network, images: Tensor, bound: LipschitzBound) -> tuple[np.ndarray, ...]:
     with torch.no_grad():
-        y = torch.cat([net.logits(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+        y = torch.cat([net.logits(images[i : i + 1000]) for i in range(0, len(images), 1000)])
     k = (bound.product * _norms(images) / _norms(y)).numpy()
     return k, np.full_like(k, bound.product), y.argmax(1).numpy()
 
 
-def result_for(net: Network, method: str, m: Measurement | None, images: Tensor,
-               labels: np.ndarray | None, bound: LipschitzBound, elapsed: float,
-               draws: int) -> KappaResult:
+def result_for(
+    net: Network,
+    method: str,
+    m: Measurement | None,
+    images: Tensor,
+    labels: np.ndarray | None,
+    bound: LipschitzBound,
+    elapsed: float,
+    draws: int,
+) -> KappaResult:
     """Assemble the result of ``method`` from a measurement (None for ``analytic``)."""
     n = len(images)
     if method == "analytic" or m is None:
         k, g, pred = _analytic(net, images, bound)
         upper = float(np.nanmax(k)) if np.isfinite(k).any() else None
-        return KappaResult(net.name, "analytic", k, g, np.full(n, math.nan), np.zeros(n, bool),
-                           pred, labels, bound, None, None, upper, "analytic bound", elapsed)
+        return KappaResult(
+            net.name,
+            "analytic",
+            k,
+            g,
+            np.full(n, math.nan),
+            np.zeros(n, bool),
+            pred,
+            labels,
+            bound,
+            None,
+            None,
+            upper,
+            "analytic bound",
+            elapsed,
+        )
     k = m.deepfool_kappa if method == "deepfool" else m.random_kappa
     g = m.deepfool_gain if method == "deepfool" else m.random_gain
     witness = m.witnesses[method]
-    return KappaResult(net.name, method, k, g, m.dx_norm / m.x_norm, m.flipped, m.predicted,
-                       labels, bound, witness, None if witness is None else witness.kappa, None,
-                       "measured", elapsed, draws if method == "random" else 0,
-                       {"iterations": stats(m.iterations.astype(np.float64))})
+    return KappaResult(
+        net.name,
+        method,
+        k,
+        g,
+        m.dx_norm / m.x_norm,
+        m.flipped,
+        m.predicted,
+        labels,
+        bound,
+        witness,
+        None if witness is None else witness.kappa,
+        None,
+        "measured",
+        elapsed,
+        draws if method == "random" else 0,
+        {"iterations": stats(m.iterations.astype(np.float64))},
+    )
 
 
 def kappa(
@@ -313,8 +403,10 @@ def kappa(
         raise InputError(f"unknown kappa method {method!r}: use {', '.join(METHODS)}")
     x = torch.as_tensor(images, dtype=DTYPE)[:limit]
     if x.dim() < 1 or math.prod(x.shape[1:]) != math.prod(net.input_shape):
-        raise InputError(f"images of shape {tuple(x.shape[1:])} do not fit the model input "
-                         f"{tuple(net.input_shape)}")
+        raise InputError(
+            f"images of shape {tuple(x.shape[1:])} do not fit the model input "
+            f"{tuple(net.input_shape)}"
+        )
     x = x.reshape(len(x), *net.input_shape)
     if len(x) == 0:
         raise InputError("no images to measure kappa on")

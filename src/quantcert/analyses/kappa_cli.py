@@ -42,10 +42,14 @@ def reproduce_thesis_command(out: Path, limit: int | None = None) -> None:
 
     doc = reproduce_thesis(Path(out), limit)
     settings = doc["settings"]
-    print(f"seed 003 reproduced in {settings['time_s']:.0f} s: {Path(out) / 'report.md'}, "
-          f"{Path(out) / 'report.json'}, {len(settings['figures'])} figures")
+    print(
+        f"seed 003 reproduced in {settings['time_s']:.0f} s: {Path(out) / 'report.md'}, "
+        f"{Path(out) / 'report.json'}, {len(settings['figures'])} figures"
+    )
     for name, case in doc["networks"].items():
         d = case["deepfool"]
-        print(f"  {name:18s} {case['images']:6d} images  max kappa {d['kappa']['max']:10.4g}  "
-              f"min bits (max kappa) {d['min_bits']['max']:3d}  "
-              f"Lipschitz bound {d['lipschitz_product']:.4g}")
+        print(
+            f"  {name:18s} {case['images']:6d} images  max kappa {d['kappa']['max']:10.4g}  "
+            f"min bits (max kappa) {d['min_bits']['max']:3d}  "
+            f"Lipschitz bound {d['lipschitz_product']:.4g}"
+        )

@@ -141,8 +141,9 @@ def _load_vnnlib(paths: list[Path], input_shape: tuple[int, ...], source: str) -
     if len(sizes) != 1:
         raise InputError(f"{source}: VNN-LIB files with different input sizes {sorted(sizes)}")
     known = np.array(labels, dtype=np.int64)
-    return ImageSet(_fit(np.stack(centres), input_shape, source),
-                    None if (known < 0).any() else known, source)
+    return ImageSet(
+        _fit(np.stack(centres), input_shape, source), None if (known < 0).any() else known, source
+    )
 
 
 def load_images(

@@ -44,13 +44,23 @@ class LayerKappa:
 
     @property
     def bits(self) -> dict[str, int]:
-        return {"deepfool": min_bits(self.deepfool["max"]), "random": min_bits(self.random["max"]),
-                "analytic": min_bits(self.analytic["max"])}
+        return {
+            "deepfool": min_bits(self.deepfool["max"]),
+            "random": min_bits(self.random["max"]),
+            "analytic": min_bits(self.analytic["max"]),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "op": self.op, "shape": list(self.shape),
-                "kappa_deepfool": self.deepfool, "kappa_random": self.random,
-                "kappa_analytic": self.analytic, "flipped": self.flipped, "min_bits": self.bits}
+        return {
+            "node": self.node,
+            "op": self.op,
+            "shape": list(self.shape),
+            "kappa_deepfool": self.deepfool,
+            "kappa_random": self.random,
+            "kappa_analytic": self.analytic,
+            "flipped": self.flipped,
+            "min_bits": self.bits,
+        }
 
 
 @dataclass(frozen=True)
@@ -60,17 +70,25 @@ class LayerKappaResult:
     layers: tuple[LayerKappa, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "images": self.images,
-                "layers": [layer.to_dict() for layer in self.layers]}
+        return {
+            "model": self.model,
+            "images": self.images,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
 
     def to_markdown(self) -> str:
-        rows = ["| layer | op | kappa DeepFool (max) | kappa random (max) | analytic bound (max) "
-                "| bits DF / random / analytic |", "|---|---|---|---|---|---|"]
+        rows = [
+            "| layer | op | kappa DeepFool (max) | kappa random (max) | analytic bound (max) "
+            "| bits DF / random / analytic |",
+            "|---|---|---|---|---|---|",
+        ]
         for layer in self.layers:
             b = layer.bits
-            rows.append(f"| {layer.node} | {layer.op} | {layer.deepfool['max']:.4g} | "
-                        f"{layer.random['max']:.4g} | {layer.analytic['max']:.4g} | "
-                        f"{b['deepfool']} / {b['random']} / {b['analytic']} |")
+            rows.append(
+                f"| {layer.node} | {layer.op} | {layer.deepfool['max']:.4g} | "
+                f"{layer.random['max']:.4g} | {layer.analytic['max']:.4g} | "
+                f"{b['deepfool']} / {b['random']} / {b['analytic']} |"
+            )
         return "\n".join(rows)
 
 
@@ -116,8 +134,14 @@ def _norms(t: Tensor) -> Tensor:
     return out
 
 
-def _layer(net: Network, clean: dict[str, Tensor], name: str, bound: LipschitzBound,
-           draws: int, gen: torch.Generator) -> LayerKappa:
+def _layer(
+    net: Network,
+    clean: dict[str, Tensor],
+    name: str,
+    bound: LipschitzBound,
+    draws: int,
+    gen: torch.Generator,
+) -> LayerKappa:
     z, y = clean[name], clean[net.logits_node]
     fn = tail_function(net, clean, name)
     everyone = torch.arange(z.shape[0])
@@ -133,13 +157,25 @@ def _layer(net: Network, clean: dict[str, Tensor], name: str, bound: LipschitzBo
             k_rand = torch.maximum(k_rand, torch.nan_to_num(k, nan=-math.inf))
     analytic = bound.suffix[name] * ratio
     op = "input" if name == INPUT else net.node(name).op.describe()
-    return LayerKappa(name, op, tuple(z.shape[1:]), stats(k_df.numpy()),
-                      stats(k_rand.numpy()), stats(analytic.numpy()), int(df.flipped.sum()))
+    return LayerKappa(
+        name,
+        op,
+        tuple(z.shape[1:]),
+        stats(k_df.numpy()),
+        stats(k_rand.numpy()),
+        stats(analytic.numpy()),
+        int(df.flipped.sum()),
+    )
 
 
-def layer_kappa(net: Network, images: Tensor, draws: int = 10, seed: int = 0,
-                nodes: list[str] | None = None, bound: LipschitzBound | None = None
-                ) -> LayerKappaResult:
+def layer_kappa(
+    net: Network,
+    images: Tensor,
+    draws: int = 10,
+    seed: int = 0,
+    nodes: list[str] | None = None,
+    bound: LipschitzBound | None = None,
+) -> LayerKappaResult:
     """Kappa of the rest of the network from each layer's output, over ``images``
     (N, *input_shape) float64 (keep N small: one DeepFool run per layer)."""
     x = torch.as_tensor(images, dtype=DTYPE)

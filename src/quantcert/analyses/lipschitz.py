@@ -78,8 +78,13 @@ class LayerNorm:
     method: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "op": self.op, "estimate": self.estimate,
-                "upper": self.upper, "method": self.method}
+        return {
+            "node": self.node,
+            "op": self.op,
+            "estimate": self.estimate,
+            "upper": self.upper,
+            "method": self.method,
+        }
 
 
 @dataclass(frozen=True)
@@ -107,8 +112,12 @@ class LipschitzBound:
 
 # ----------------------------------------------------------------------- linear operators
 def power_iteration(
-    apply: Linear, adjoint: Linear, shape: tuple[int, ...], iters: int = 300,
-    tol: float = 1e-12, seed: int = 0,
+    apply: Linear,
+    adjoint: Linear,
+    shape: tuple[int, ...],
+    iters: int = 300,
+    tol: float = 1e-12,
+    seed: int = 0,
 ) -> tuple[float, Tensor]:
     """Largest singular value of a linear map on tensors of ``shape`` (with batch 1):
     iterate ``v <- A^T A v / |A^T A v|``. Returns ``(|A v|, v)`` with ``|v| = 1``: an
@@ -137,8 +146,9 @@ def _vjp_adjoint(fn: Linear, shape: tuple[int, ...]) -> Linear:
     return lambda u: vjp(u)[0]
 
 
-def holder_bound(abs_apply: Linear, abs_adjoint: Linear, in_shape: tuple[int, ...],
-                 out_shape: tuple[int, ...]) -> float:
+def holder_bound(
+    abs_apply: Linear, abs_adjoint: Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> float:
     """``sqrt(|A|_1 |A|_inf)`` given ``|A|`` and ``|A|^T``: max column and row sums."""
     rows = float(abs_apply(torch.ones(in_shape, dtype=DTYPE)).max())
     cols = float(abs_adjoint(torch.ones(out_shape, dtype=DTYPE)).max())
@@ -152,7 +162,7 @@ def _dense_kernel(op: Conv) -> Tensor:
     opg = o // op.groups
     dense = torch.zeros((o, ipg * op.groups, *w.shape[2:]), dtype=DTYPE)
     for g in range(op.groups):
-        dense[g * opg:(g + 1) * opg, g * ipg:(g + 1) * ipg] = w[g * opg:(g + 1) * opg]
+        dense[g * opg : (g + 1) * opg, g * ipg : (g + 1) * ipg] = w[g * opg : (g + 1) * opg]
     return dense
 
 
@@ -201,12 +211,20 @@ def _conv_norm(node: Node, in_shape: tuple[int, ...], iters: int, seed: int) -> 
         return op._transpose(u.unsqueeze(0), w, size)[0]
 
     est, _ = power_iteration(apply, adjoint, in_shape, iters, seed=seed)
-    holder = holder_bound(lambda v: op._conv(v, w.abs()),
-                          lambda u: op._transpose(u.unsqueeze(0), w.abs(), size)[0],
-                          in_shape, out_shape)
+    holder = holder_bound(
+        lambda v: op._conv(v, w.abs()),
+        lambda u: op._transpose(u.unsqueeze(0), w.abs(), size)[0],
+        in_shape,
+        out_shape,
+    )
     upper = min(holder, circulant_bound(op, in_shape))
-    return LayerNorm(node.name, op.describe(), est, max(upper, est) * (1 + REL_MARGIN),
-                     "power iteration; circulant/Hoelder upper")
+    return LayerNorm(
+        node.name,
+        op.describe(),
+        est,
+        max(upper, est) * (1 + REL_MARGIN),
+        "power iteration; circulant/Hoelder upper",
+    )
 
 
 def maxpool_windows(op: MaxPool, in_shape: tuple[int, ...]) -> int:
@@ -214,8 +232,9 @@ def maxpool_windows(op: MaxPool, in_shape: tuple[int, ...]) -> int:
     worst = 1
     for size, k, s, p in zip(in_shape[-2:], op.kernel, op.stride, op.padding, strict=True):
         n_out = (size + 2 * p - k) // s + 1
-        counts = [sum(1 for a in range(n_out) if a * s - p <= i <= a * s - p + k - 1)
-                  for i in range(size)]
+        counts = [
+            sum(1 for a in range(n_out) if a * s - p <= i <= a * s - p + k - 1) for i in range(size)
+        ]
         worst *= max(counts)
     return worst
 
@@ -257,8 +276,13 @@ def layer_norm(node: Node, in_shape: tuple[int, ...], iters: int = 300, seed: in
         adjoint = _vjp_adjoint(op.lin, in_shape)
         est, _ = power_iteration(op.lin, adjoint, in_shape, iters, seed=seed)
         upper = max(holder_bound(op.lin, adjoint, in_shape, out_shape), est)
-        return LayerNorm(node.name, op.describe(), est, upper * (1 + REL_MARGIN),
-                         "power iteration; Hoelder upper")
+        return LayerNorm(
+            node.name,
+            op.describe(),
+            est,
+            upper * (1 + REL_MARGIN),
+            "power iteration; Hoelder upper",
+        )
     raise InputError(f"no Lipschitz bound for operation {op.describe()} (node {node.name})")
 
 

@@ -60,10 +60,18 @@ CASES = (
     Case("mnist_relu_9_200", MODELS / "eran" / "mnist_relu_9_200.onnx", MNIST),
     Case("Convnet_avgpool", MODELS / "verivital" / "Convnet_avgpool.onnx", MNIST, CONV_LIMIT),
     Case("Convnet_maxpool", MODELS / "verivital" / "Convnet_maxpool.onnx", MNIST, CONV_LIMIT),
-    Case("resnet_2b", MODELS / "cifar10_resnet" / "resnet_2b.onnx",
-         MODELS / "cifar10_resnet" / "resnet2b", None),
-    Case("resnet_4b", MODELS / "cifar10_resnet" / "resnet_4b.onnx",
-         MODELS / "cifar10_resnet" / "resnet4b", None),
+    Case(
+        "resnet_2b",
+        MODELS / "cifar10_resnet" / "resnet_2b.onnx",
+        MODELS / "cifar10_resnet" / "resnet2b",
+        None,
+    ),
+    Case(
+        "resnet_4b",
+        MODELS / "cifar10_resnet" / "resnet_4b.onnx",
+        MODELS / "cifar10_resnet" / "resnet4b",
+        None,
+    ),
 )
 
 
@@ -85,12 +93,28 @@ def run_case(case: Case, limit: int | None, progress: bool = True) -> CaseResult
     bound = lipschitz_bound(net)
     m = measure(net, data.images, DRAWS, 0, progress)
     elapsed = time.perf_counter() - start
-    results = {method: result_for(net, method, None if method == "analytic" else m, data.images,
-                                  data.labels, bound, elapsed, DRAWS)
-               for method in ("deepfool", "random", "analytic")}
+    results = {
+        method: result_for(
+            net,
+            method,
+            None if method == "analytic" else m,
+            data.images,
+            data.labels,
+            bound,
+            elapsed,
+            DRAWS,
+        )
+        for method in ("deepfool", "random", "analytic")
+    }
     layers = layer_kappa(net, data.images[:LAYER_IMAGES], DRAWS, bound=bound)
-    return CaseResult(case.name, results["deepfool"], results["random"], results["analytic"],
-                      layers, time.perf_counter() - start)
+    return CaseResult(
+        case.name,
+        results["deepfool"],
+        results["random"],
+        results["analytic"],
+        layers,
+        time.perf_counter() - start,
+    )
 
 
 # ----------------------------------------------------------------------------- tables
@@ -100,13 +124,18 @@ def _g(v: float) -> str:
 
 def kappa_table(results: list[KappaResult]) -> str:
     """Table 5.1 / 5.2: kappa, digits and bits (Eq. 5.1) of the mean, median, max, min."""
-    head = "| network | images | flipped | " + " | ".join(
-        f"{s} kappa | digits | bits" for s in ("mean", "median", "max", "min")) + " |"
+    head = (
+        "| network | images | flipped | "
+        + " | ".join(f"{s} kappa | digits | bits" for s in ("mean", "median", "max", "min"))
+        + " |"
+    )
     rows = [head, "|" + "---|" * 15]
     for r in results:
         s = r.summary()
-        cells = [f"{_g(s['kappa'][k])} | {s['digits'][k]:.2f} | {s['min_bits'][k]}"
-                 for k in ("mean", "median", "max", "min")]
+        cells = [
+            f"{_g(s['kappa'][k])} | {s['digits'][k]:.2f} | {s['min_bits'][k]}"
+            for k in ("mean", "median", "max", "min")
+        ]
         head = f"| {r.model} | {r.images} | {int(r.flipped.sum())} | "
         rows.append(head + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -117,25 +146,30 @@ def perturbation_table(results: list[KappaResult]) -> str:
     rows = ["| network | mean | median | maximum | minimum |", "|---|---|---|---|---|"]
     for r in results:
         p = r.to_dict()["relative_perturbation"]
-        rows.append(f"| {r.model} | {p['mean']:.3e} | {p['median']:.3e} | {p['max']:.3e} | "
-                    f"{p['min']:.3e} |")
+        rows.append(
+            f"| {r.model} | {p['mean']:.3e} | {p['median']:.3e} | {p['max']:.3e} | {p['min']:.3e} |"
+        )
     return "\n".join(rows)
 
 
 def bound_table(cases: list[CaseResult]) -> str:
     """Measured max gains next to the analytic bounds (Eq. 3.8 and the product)."""
-    rows = ["| network | max gain DeepFool | max gain random | Lipschitz product (sound) | "
-            "Eq. 3.8 as printed | product of estimates | bound holds | analytic max kappa | bits |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| network | max gain DeepFool | max gain random | Lipschitz product (sound) | "
+        "Eq. 3.8 as printed | product of estimates | bound holds | analytic max kappa | bits |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in cases:
         b = c.deepfool.bound
         g_df = c.deepfool.to_dict()["gain"]["max"]
         g_r = c.random.to_dict()["gain"]["max"]
         holds = max(g_df, g_r) <= b.product
         kmax = c.analytic.summary()["kappa"]["max"]
-        rows.append(f"| {c.name} | {_g(g_df)} | {_g(g_r)} | {_g(b.product)} | {_g(b.eq_3_8)} | "
-                    f"{_g(b.product_estimate)} | {'yes' if holds else 'NO'} | {_g(kmax)} | "
-                    f"{c.analytic.summary()['min_bits']['max']} |")
+        rows.append(
+            f"| {c.name} | {_g(g_df)} | {_g(g_r)} | {_g(b.product)} | {_g(b.eq_3_8)} | "
+            f"{_g(b.product_estimate)} | {'yes' if holds else 'NO'} | {_g(kmax)} | "
+            f"{c.analytic.summary()['min_bits']['max']} |"
+        )
     return "\n".join(rows)
 
 
@@ -167,23 +201,34 @@ NOTES = """\
 
 def _markdown(cases: list[CaseResult], settings: dict[str, Any]) -> str:
     parts = [
-        "# Seed 003 reproduced: minimum input bit-width from the condition number kappa", "",
+        "# Seed 003 reproduced: minimum input bit-width from the condition number kappa",
+        "",
         f"Run: images per network as in the `images` column (defaults: {MLP_LIMIT} "
         f"MNIST test images for the fully connected nets, {CONV_LIMIT} for the convolutional "
         "ones, the shipped VNN-LIB images for the ResNets: about 2 minutes on 2 idle cores, "
         f"under 15 minutes on a loaded machine; `--limit N` sets N for all), "
         f"{settings['layer_images']} images for the per-layer analysis, "
         f"{settings['draws']} random draws per image; {settings['time_s']:.0f} s in total on "
-        f"{settings['machine']}.", "",
-        "## Table 4.1: relative DeepFool perturbations |dx|/|x|", "",
-        perturbation_table([c.deepfool for c in cases]), "",
-        "## Table 5.1: precision from DeepFool perturbations", "",
-        kappa_table([c.deepfool for c in cases]), "",
-        "## Table 5.2: precision from random perturbations", "",
-        kappa_table([c.random for c in cases]), "",
-        "## Eq. 3.8: analytic bounds vs measured gains |dy|/|dx|", "",
-        bound_table(cases), "",
-        "## Figures", "",
+        f"{settings['machine']}.",
+        "",
+        "## Table 4.1: relative DeepFool perturbations |dx|/|x|",
+        "",
+        perturbation_table([c.deepfool for c in cases]),
+        "",
+        "## Table 5.1: precision from DeepFool perturbations",
+        "",
+        kappa_table([c.deepfool for c in cases]),
+        "",
+        "## Table 5.2: precision from random perturbations",
+        "",
+        kappa_table([c.random for c in cases]),
+        "",
+        "## Eq. 3.8: analytic bounds vs measured gains |dy|/|dx|",
+        "",
+        bound_table(cases),
+        "",
+        "## Figures",
+        "",
     ]
     parts += [f"![{k}]({Path(v).name})" for k, v in settings["figures"].items()]
     parts += ["", "## Per-layer kappa (beyond the seed)", ""]
@@ -206,13 +251,17 @@ def _case_json(c: CaseResult) -> dict[str, Any]:
 
 def _tables(cases: list[CaseResult]) -> dict[str, Any]:
     """Tables 4.1, 5.1, 5.2 and the Eq. 3.8 comparison, per network, as JSON."""
+
     def bounds(c: CaseResult) -> dict[str, Any]:
         b = c.deepfool.bound
-        return {"max_gain_deepfool": c.deepfool.to_dict()["gain"]["max"],
-                "max_gain_random": c.random.to_dict()["gain"]["max"],
-                "lipschitz_product": b.product, "eq_3_8": b.eq_3_8,
-                "lipschitz_product_estimate": b.product_estimate,
-                "analytic_kappa_max": c.analytic.summary()["kappa"]["max"]}
+        return {
+            "max_gain_deepfool": c.deepfool.to_dict()["gain"]["max"],
+            "max_gain_random": c.random.to_dict()["gain"]["max"],
+            "lipschitz_product": b.product,
+            "eq_3_8": b.eq_3_8,
+            "lipschitz_product_estimate": b.product_estimate,
+            "analytic_kappa_max": c.analytic.summary()["kappa"]["max"],
+        }
 
     return {
         "table_4_1": {c.name: c.deepfool.to_dict()["relative_perturbation"] for c in cases},
@@ -235,8 +284,12 @@ def _per_image(cases: list[CaseResult], path: Path) -> Path:
     return path
 
 
-def reproduce_thesis(out_dir: Path, limit: int | None = None, progress: bool = True,
-                     cases: tuple[Case, ...] | None = None) -> dict[str, Any]:
+def reproduce_thesis(
+    out_dir: Path,
+    limit: int | None = None,
+    progress: bool = True,
+    cases: tuple[Case, ...] | None = None,
+) -> dict[str, Any]:
     """Run every case; write ``report.md``, ``report.json`` and the figures into ``out_dir``.
     ``limit``: images per network (default: each case's own). Returns the JSON document."""
     start = time.perf_counter()
@@ -245,19 +298,27 @@ def reproduce_thesis(out_dir: Path, limit: int | None = None, progress: bool = T
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = thesis_figures(
-        {c.name: c.deepfool.kappa for c in results}, {c.name: c.random.kappa for c in results},
-        {c.name: c.deepfool.relative_perturbation for c in results}, out_dir)
+        {c.name: c.deepfool.kappa for c in results},
+        {c.name: c.random.kappa for c in results},
+        {c.name: c.deepfool.relative_perturbation for c in results},
+        out_dir,
+    )
     settings: dict[str, Any] = {
         "images_per_network": {c.name: c.deepfool.images for c in results},
         "per_image": str(_per_image(results, out_dir / "per_image.npz")),
-        "layer_images": LAYER_IMAGES, "draws": DRAWS,
+        "layer_images": LAYER_IMAGES,
+        "draws": DRAWS,
         "figures": {k: str(v) for k, v in figures.items()},
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "python": sys.version.split()[0], "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
     }
     settings["time_s"] = time.perf_counter() - start
-    doc = {"settings": settings, "tables": _tables(results),
-           "networks": {c.name: _case_json(c) for c in results}}
+    doc = {
+        "settings": settings,
+        "tables": _tables(results),
+        "networks": {c.name: _case_json(c) for c in results},
+    }
     (out_dir / "report.md").write_text(_markdown(results, settings))
     write_json(doc, str(out_dir / "report.json"))
     return doc
