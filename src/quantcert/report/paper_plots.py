@@ -144,14 +144,15 @@ def model_figures(
     axes: Axes2D,
     panels: list[LocalPanels],
 ) -> list[str]:
-    """Panels (a, b) eps and (c, d) flips for two deltas as separate PNGs
+    """Panels (a, b) eps and (c, d) flips for one or two deltas as separate PNGs
     ``fig{fig_no}{letter}_{model}_....png``, and all four in ``fig{fig_no}_{model}.png``;
     returns the paths."""
     paths = []
     title = f"Fig. {fig_no} {model}"
-    whole = Figure(figsize=(10.0, 8.0), layout="constrained")
+    cols = len(panels[:2])
+    whole = Figure(figsize=(5.0 * cols, 8.0), layout="constrained")
     whole.suptitle(title)
-    grid_axes = whole.subplots(2, 2)
+    grid_axes = whole.subplots(2, cols, squeeze=False)
     for row, kind in enumerate(("eps", "flip")):
         for col, p in enumerate(panels[:2]):
             letter = "abcd"[2 * row + col]
