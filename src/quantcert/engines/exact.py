@@ -22,8 +22,11 @@ not install here, so that code path is minimal and untested.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,6 +248,24 @@ def _objective(enc: Encoding, goal: _Goal) -> None:
     m.setObjective(obj, "maximize")
 
 
+@contextmanager
+def _quiet_c_output() -> Iterator[None]:
+    """Silence the solver's C libraries (SoPlex prints tolerance notes past ``hideOutput``)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
 def _solve(s: _Setup, goal: _Goal) -> _Solved:
     """Encode, solve, and re-evaluate SCIP's best solution."""
     enc = encode(s.net, s.radius, s.lo, s.hi, s.output, FEASTOL)
@@ -256,7 +277,8 @@ def _solve(s: _Setup, goal: _Goal) -> _Solved:
     if goal.primal_stop is not None:
         m.setParam("limits/primal", goal.primal_stop)
     _objective(enc, goal)
-    m.optimize()
+    with _quiet_c_output():
+        m.optimize()
     status = _status(m)
     side = sum(max(1.0, abs(c[2])) for c in goal.constraints + goal.terms)
     margin = enc.margin + MARGIN_FACTOR * FEASTOL * side
