@@ -253,7 +253,8 @@ def _find(entries: list[Entry], model: str, delta: float, quantity: str) -> Entr
 
 
 def _mark(e: Entry) -> str:
-    return _iv(e.cert) + ("" if e.seed_consistent else " **≠**")
+    status = "" if e.cert.status == "optimal" else f" ({e.cert.status})"
+    return _iv(e.cert) + status + ("" if e.seed_consistent else " **≠**")
 
 
 def _table(entries: list[Entry]) -> list[str]:
@@ -377,7 +378,8 @@ def markdown(entries: list[Entry], report: dict[str, Any], out_dir: Path) -> str
         "(x, theta) re-evaluated in float64, `upper` is a sound bound (bound engine and input-box "
         "branch and bound). Domain: each data set's bounding box; absolute delta on every weight "
         "and bias. sigma above: nominal male (f >= 0.5) that can become female; below: the "
-        "reverse. **≠** marks a seed value outside our bounds (read to its printed precision).",
+        "reverse. **≠** marks a seed value outside our bounds (read to its printed precision); "
+        "a status in parentheses marks a search that stopped before the requested gap.",
         "",
         "## Table 1",
         "",
