@@ -179,3 +179,19 @@ def test_conv_residual_bounds_are_not_beaten(seed: int, width: float, delta: flo
     res = epsilon(net, perturbation.absolute(net, delta), box, Budget(gap=1e9))
     assert bool((_sampled_max(net, delta, box, n=2000) <= res.overall.upper).all())
     assert res.overall.lower <= res.overall.upper
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 1000))
+def test_relu_splitting_tightens_soundly(seed: int) -> None:
+    """At a point, splitting unstable ReLUs may only lower the upper bound, never below a
+    sampled change."""
+    net = mlp([3, 16, 16, 1], "relu", seed=seed)
+    x = np.random.default_rng(seed).uniform(-1, 1, 3)
+    box = input_box(net, x, x)
+    pert = perturbation.absolute(net, 0.05)
+    root = epsilon(net, pert, box, Budget(gap=1e9)).overall
+    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=3)).overall
+    assert split.upper <= root.upper + 1e-12
+    assert float(_sampled_max(net, 0.05, box, n=5000).max()) <= split.upper
+    assert split.lower <= split.upper

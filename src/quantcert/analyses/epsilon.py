@@ -20,9 +20,10 @@ from quantcert.engines.attack import (
     search_rows,
 )
 from quantcert.engines.bab import maximise
-from quantcert.engines.bounds import Method, bound_spec, engine_threads
+from quantcert.engines.bounds import Method, Radii, bound_spec, engine_threads
 from quantcert.engines.pair import difference_network, pair_radii
 from quantcert.engines.perturbation import Perturbation
+from quantcert.engines.relu_split import SplitOutcome, maximise_over_splits, relu_inputs
 from quantcert.network import Network
 from quantcert.ops.base import DTYPE, Box
 from quantcert.report.results import Certificate, QueryResult, WitnessRecord
@@ -90,6 +91,10 @@ def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> Quer
         best = max(witnesses, key=lambda v: v.value)
         lower, upper = best.value, max(c.upper for c in per_output)
         status = "optimal" if upper - lower <= budget.gap else "bounded"
+        if status == "bounded" and relu_inputs(pair):
+            split = _split_relus(pair, radii, signs, box, lower, budget, deadline)
+            upper = max(min(upper, split.upper), lower)
+            status = "optimal" if upper - lower <= budget.gap else split.status
         overall = Certificate(lower, upper, status, _record(net, best), 0.0, _engine(budget))
     else:
         start_witness = max(witnesses, key=lambda v: v.value)
@@ -115,6 +120,24 @@ def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> Quer
             "hi": box.hi.flatten().tolist() if box.hi.numel() <= 64 else "(large)",
         },
     )
+
+
+def _split_relus(
+    pair: Network,
+    radii: Radii,
+    signs: Tensor,
+    box: Box,
+    lower: float,
+    budget: Budget,
+    deadline: float,
+) -> SplitOutcome:
+    """At a point, tighten the bound by branching on unstable ReLUs of the perturbed copy."""
+
+    def bound(clamp: Mapping[str, Box], boxes: Box) -> tuple[Tensor, Mapping[str, Box]]:
+        upper, bounds = bound_spec(pair, boxes, radii, signs, budget.method, clamp=clamp)
+        return upper.max(1).values, bounds
+
+    return maximise_over_splits(pair, bound, box, lower, budget.gap, deadline)
 
 
 def _global(

@@ -120,9 +120,17 @@ def tighten(net: Network, bounds: Mapping[str, Box], radii: Radii, name: str, ro
 
 
 def bound_nodes(
-    net: Network, box: Box, radii: Radii, method: Method = "crown", upto: str | None = None
+    net: Network,
+    box: Box,
+    radii: Radii,
+    method: Method = "crown",
+    upto: str | None = None,
+    clamp: Mapping[str, Box] | None = None,
 ) -> dict[str, Box]:
-    """Bounds of every node (up to ``upto``) for inputs in ``box`` (B, *input_shape)."""
+    """Bounds of every node (up to ``upto``) for inputs in ``box`` (B, *input_shape).
+
+    ``clamp`` restricts nodes to sub-domains (ReLU splits: a pre-activation ``>= 0`` or
+    ``<= 0``); the bounds then hold on the part of the domain that satisfies the clamps."""
     bounds: dict[str, Box] = {INPUT: box}
     users = net.consumers()
     by_name = {n.name: n for n in net.nodes}
@@ -133,6 +141,8 @@ def bound_nodes(
             rows = _rows_to_tighten(node, [by_name[u] for u in users[node.name]], bounds[node.name])
             if rows is not None:
                 bounds[node.name] = tighten(net, bounds, radii, node.name, rows)
+        if clamp is not None and node.name in clamp:
+            bounds[node.name] = bounds[node.name].intersect(clamp[node.name])
         if node.name == upto:
             break
     return bounds
@@ -145,13 +155,33 @@ def bound_spec(
     spec: Tensor,
     method: Method = "crown",
     target: str | None = None,
+    clamp: Mapping[str, Box] | None = None,
 ) -> tuple[Tensor, dict[str, Box]]:
     """Upper bounds of ``spec @ flatten(node)`` for the target node (default: the output).
 
-    ``spec`` (S, numel) -> upper bounds (B, S); also returns the node bounds used.
+    ``spec`` (S, numel) -> upper bounds (B, S); also returns the node bounds used. With
+    ``clamp``, a batch element whose clamped bounds are empty gets ``-inf`` (no point there).
     """
     target = target or net.output_node
-    bounds = bound_nodes(net, box, radii, method, upto=target)
+    bounds = bound_nodes(net, box, radii, method, upto=target, clamp=clamp)
+    upper = _spec_upper(net, bounds, radii, spec, method, target)
+    if clamp is not None:
+        empty = torch.zeros(upper.shape[0], dtype=torch.bool)
+        for name in clamp:
+            if name in bounds:
+                empty |= (bounds[name].lo > bounds[name].hi).flatten(1).any(1)
+        upper = upper.masked_fill(empty.unsqueeze(1), -torch.inf)
+    return upper, bounds
+
+
+def _spec_upper(
+    net: Network,
+    bounds: Mapping[str, Box],
+    radii: Radii,
+    spec: Tensor,
+    method: Method,
+    target: str,
+) -> Tensor:
     out = bounds[target]
     b = out.lo.shape[0]
     lo, hi = out.lo.flatten(1), out.hi.flatten(1)
@@ -160,7 +190,7 @@ def bound_spec(
         interval_upper + REL_MARGIN * (spec.abs() @ torch.maximum(lo.abs(), hi.abs()).T).T
     )
     if method == "ibp":
-        return interval_upper, bounds
+        return interval_upper
     A0 = spec.unsqueeze(1).expand(-1, b, -1).reshape(spec.shape[0], b, *out.lo.shape[1:])
     crown = backward_upper(net, bounds, radii, target, A0).T
-    return torch.minimum(crown, interval_upper), bounds
+    return torch.minimum(crown, interval_upper)
