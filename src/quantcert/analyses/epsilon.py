@@ -155,9 +155,17 @@ def _global(
         upper: Tensor = bound_rows(boxes).max(1).values
         return upper
 
+    best = [start_witness]
+
     def attack(boxes: Box, steps: int) -> Witness:
-        found = search(net, pert, boxes, objective, columns, restarts=1, steps=steps)
-        return max(found, key=lambda w: w.value)
+        # Warm start from the best parameters so far: the maximising corner of theta can
+        # differ from the one the gradient at theta0 points to.
+        found = search(
+            net, pert, boxes, objective, columns, restarts=1, steps=steps, warm=best[0].params
+        )
+        top = max(found, key=lambda w: w.value)
+        best[0] = top if top.value > best[0].value else best[0]
+        return top
 
     out = maximise(
         bound, attack, box, budget.gap, deadline, initial=start_witness, progress=budget.progress

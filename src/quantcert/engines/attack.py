@@ -53,10 +53,12 @@ def search(
     restarts: int = 8,
     steps: int = 60,
     seed: int = 0,
+    warm: Mapping[str, Tensor] | None = None,
 ) -> list[Witness]:
     """Maximise each of the ``columns`` objective columns over x in any of the boxes
     (``box``: a batch of B boxes) and theta in the perturbation set. The first start in each
-    box is its centre with the nominal parameters. Returns the best witness per column."""
+    box is its centre with the nominal parameters, or with ``warm`` (a parameter setting
+    found before) when given. Returns the best witness per column."""
     gen = torch.Generator().manual_seed(seed)
     b = box.lo.shape[0]
     n = b * columns * restarts
@@ -72,7 +74,7 @@ def search(
     for name, (plo, phi) in limits.items():
         corner = torch.randint(0, 2, (n, *plo.shape), generator=gen).to(DTYPE)
         start = plo + (phi - plo) * corner
-        start[first] = nominal[name]
+        start[first] = nominal[name] if warm is None else torch.clamp(warm[name], plo, phi)
         params[name] = start
     for step in range(steps):
         size = 0.5 * (1 - step / steps) ** 2 + 1e-3

@@ -193,8 +193,16 @@ def _clip(
         return v
 
     theta = theta0(s.net, s.radius)
-    out = {k: fit(params[k], t - s.radius[k], t + s.radius[k]) for k, t in theta.items()}
+    out = {k: fit(params[k], *_inside(t, s.radius[k])) for k, t in theta.items()}
     return fit(x, s.lo, s.hi), out
+
+
+def _inside(t0: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float limits strictly inside ``|theta - t0| <= r``: the rounded end points moved one
+    ulp towards ``t0`` (as the witness search does), so rounding never leaves the box."""
+    lo = np.minimum(np.nextafter(t0 - r, t0), t0)
+    hi = np.maximum(np.nextafter(t0 + r, t0), t0)
+    return lo, hi
 
 
 def _repair(s: _Setup, goal: _Goal, w: _Witness) -> _Witness:
