@@ -8,13 +8,16 @@ norms over the whole input / logit vector; ``gain = |dy| / |dx|``. Methods:
   DeepFool perturbation; the largest kappa is kept (section 5.2).
 - ``analytic``: the per-image bound ``L |x| / |y|`` from the product Lipschitz bound ``L``
   (``analytic.lipschitz``), which holds for every ``dx`` (a sound upper bound per image).
-- ``certified``: reserved for the bound engine (max |dy| over |dx| <= r); not built yet.
+- ``certified``: DeepFool's kappa (measured) and, per image, a sound upper bound on kappa over
+  every ``dx`` with ``|dx| <= r`` (r = |DeepFool dx|) from the bound engine and the Lipschitz
+  bound (``analyses.certified_kappa``): measured <= certified for every image.
 
 Per image the maximum over the perturbations tried; over the data set mean / median / min /
 max, ``digits = log10 kappa`` and ``bits = ceil(log2 kappa) + 1`` (Eq. 5.1, at least 1).
 Measured kappa is a ``lower`` bound on the data set's worst kappa, attained by a returned
 witness (image index, perturbation); ``upper`` stays null (status ``measured``) unless a
-sound bound exists (the analytic method gives one).
+sound bound exists (the analytic method gives one; the certified method gives the largest
+certified kappa, status ``certified``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -35,6 +38,9 @@ from quantcert.engines.deepfool import deepfool
 from quantcert.errors import InputError
 from quantcert.network import Network
 from quantcert.ops.base import DTYPE
+
+if TYPE_CHECKING:
+    from quantcert.analyses.certified_kappa import CertifiedKappa
 
 Method = Literal["deepfool", "random", "analytic", "certified"]
 METHODS: tuple[str, ...] = ("deepfool", "random", "analytic", "certified")
@@ -127,6 +133,8 @@ def kappa_of(net: Network, x: Tensor, dx: Tensor, y: Tensor | None = None) -> tu
 def _random_like(dx: Tensor, draws: int, gen: torch.Generator) -> Tensor:
     """(draws, N, *shape): Gaussian directions scaled to each image's ``|dx|``."""
     r = torch.randn((draws, *dx.shape), generator=gen, dtype=DTYPE)
+    if draws == 0:
+        return r
     ones = [1] * (dx.dim() - 1)
     length = torch.linalg.vector_norm(r.reshape(draws, dx.shape[0], -1), dim=2)
     scaled: Tensor = r * (_norms(dx).unsqueeze(0) / length).reshape(draws, -1, *ones)
@@ -217,7 +225,8 @@ def measure(
 @dataclass(frozen=True)
 class KappaResult:
     """Per image (N,) kappa, gain and relative DeepFool perturbation ``|dx|/|x|``; the
-    analytic bounds; the certificate fields (``lower`` attained by ``witness``)."""
+    analytic bounds; the certificate fields (``lower`` attained by ``witness``); for the
+    certified method the per-image certified bounds (``certified``)."""
 
     model: str
     method: str
@@ -235,6 +244,7 @@ class KappaResult:
     time_s: float
     draws: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    certified: CertifiedKappa | None = None
 
     @property
     def images(self) -> int:
@@ -286,6 +296,9 @@ class KappaResult:
             "relative_perturbation": self.relative_perturbation.tolist(),
             "flipped": self.flipped.tolist(),
         }
+        if self.certified is not None:
+            out["certified"] = self.certified.to_dict(self.kappa)
+            out["per_image"]["certified_kappa"] = self.certified.kappa.tolist()
         return out
 
     def to_text(self) -> str:
@@ -319,6 +332,8 @@ class KappaResult:
         upper = "none" if self.upper is None else f"{self.upper:.6g}"
         lower = "none" if self.lower is None else f"{self.lower:.6g}"
         wit = "" if self.witness is None else f" (image {self.witness.image})"
+        if self.certified is not None:
+            rows += self.certified.text_rows(self.kappa)
         rows.append(f"  certificate: lower {lower}{wit}, upper {upper}, status {self.status}")
         return "\n".join(rows)
 
@@ -396,9 +411,8 @@ def kappa(
 ) -> KappaResult:
     """Seed 003's kappa of ``net`` over ``images`` (N, ...) float64, each image reshaped to
     ``net.input_shape`` (so 28x28 images feed a (784, 1) input); at most ``limit`` images,
-    ``draws`` random directions per image for ``random``; tqdm progress on stderr."""
-    if method == "certified":
-        raise InputError("certified kappa needs the bound engine")
+    ``draws`` random directions per image for ``random``; tqdm progress on stderr.
+    ``certified`` adds the bound engine's certified kappa per image (``certified_result``)."""
     if method not in METHODS:
         raise InputError(f"unknown kappa method {method!r}: use {', '.join(METHODS)}")
     x = torch.as_tensor(images, dtype=DTYPE)[:limit]
@@ -413,5 +427,9 @@ def kappa(
     lab = None if labels is None else np.asarray(labels)[: len(x)]
     start = time.perf_counter()
     bound = lipschitz_bound(net)
+    if method == "certified":
+        from quantcert.analyses.certified_kappa import certified_result
+
+        return certified_result(net, x, lab, bound, seed, progress)
     m = None if method == "analytic" else measure(net, x, draws, seed, progress)
     return result_for(net, method, m, x, lab, bound, time.perf_counter() - start, draws)
