@@ -38,8 +38,8 @@ MODELS = DATA / "models"
 MNIST = DATA / "mnist_test.npz"
 #: Images per network by default (``--limit`` sets one number for all): the whole MNIST
 #: test set for the fully connected nets, 2000 images for the convolutional ones (about ten
-#: times slower per image), the 4 shipped VNN-LIB images for the ResNets. About 2 minutes on
-#: 2 idle CPU cores; well under 15 minutes even on a loaded machine.
+#: times slower per image), the 4 shipped VNN-LIB images for the ResNets. About 3.5 minutes
+#: on 2 idle CPU cores (2 of them certified kappa); under 15 minutes on a loaded machine.
 MLP_LIMIT = 10000
 CONV_LIMIT = 2000
 #: Images for the per-layer analysis (one DeepFool run per layer).
@@ -257,7 +257,7 @@ def _markdown(cases: list[CaseResult], settings: dict[str, Any]) -> str:
         "",
         f"Run: images per network as in the `images` column (defaults: {MLP_LIMIT} "
         f"MNIST test images for the fully connected nets, {CONV_LIMIT} for the convolutional "
-        "ones, the shipped VNN-LIB images for the ResNets: about 2 minutes on 2 idle cores, "
+        "ones, the shipped VNN-LIB images for the ResNets: about 3.5 minutes on 2 idle cores, "
         f"under 15 minutes on a loaded machine; `--limit N` sets N for all), "
         f"{settings['layer_images']} images for the per-layer analysis, "
         f"{settings['draws']} random draws per image; {settings['time_s']:.0f} s in total on "
