@@ -84,8 +84,11 @@ def maximise_over_splits(
     ub, bounds = bound(_clamps(decisions, shapes), point)
     node, idx, score = _choose(bounds, names)
     rounds, status, seen = 0, "bounded", 1
+    history = [float(ub.max())]
     try:
         while ub.numel():
+            if _stalled(history, lower):
+                break
             if float(ub.max()) - lower <= gap:
                 status = "optimal"
                 break
@@ -113,6 +116,7 @@ def maximise_over_splits(
             node, idx = torch.cat([node[keep], c_node]), torch.cat([idx[keep], c_idx])
             score = torch.cat([score[keep], c_score])
             alive = ub > lower
+            history.append(float(ub.max()) if bool(alive.any()) else lower)
             decisions = {n: d[alive] for n, d in decisions.items()}
             ub, node, idx, score = ub[alive], node[alive], idx[alive], score[alive]
     except KeyboardInterrupt:
@@ -121,6 +125,15 @@ def maximise_over_splits(
     if not ub.numel():
         status = "optimal"
     return SplitOutcome(upper, seen, rounds, status)
+
+
+def _stalled(history: list[float], lower: float, rounds: int = 2, share: float = 0.01) -> bool:
+    """True when the last ``rounds`` rounds closed less than ``share`` of the gap: the gap is
+    then not made by unstable ReLUs (e.g. products of perturbed weights across layers)."""
+    if len(history) <= rounds:
+        return False
+    gap = history[-rounds - 1] - lower
+    return history[-rounds - 1] - history[-1] < share * gap
 
 
 def _children(
