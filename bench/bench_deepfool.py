@@ -36,9 +36,14 @@ def run_ours(net: Network, x: torch.Tensor, clip: bool = True) -> dict[str, Any]
     start = time.perf_counter()
     res = deepfool(net, x, bounds=BOUNDS if clip else None)
     elapsed = time.perf_counter() - start
-    return {"images": len(x), "time_s": elapsed, "images_per_s": len(x) / elapsed,
-            "success": res.success_rate, "median_norm": float(res.norm[res.flipped].median()),
-            "labels": res.original}
+    return {
+        "images": len(x),
+        "time_s": elapsed,
+        "images_per_s": len(x) / elapsed,
+        "success": res.success_rate,
+        "median_norm": float(res.norm[res.flipped].median()),
+        "labels": res.original,
+    }
 
 
 def run_foolbox(net: Network, x: torch.Tensor, labels: torch.Tensor, batch: int) -> dict[str, Any]:
@@ -55,49 +60,73 @@ def run_foolbox(net: Network, x: torch.Tensor, labels: torch.Tensor, batch: int)
     norms, flags = [], []
     start = time.perf_counter()
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
-        _, adv, success = attack(model, xb, labels[i:i + batch], epsilons=None)
+        xb = x[i : i + batch]
+        _, adv, success = attack(model, xb, labels[i : i + batch], epsilons=None)
         norms.append((adv - xb).flatten(1).norm(dim=1))
         flags.append(success)
     elapsed = time.perf_counter() - start
     norm, ok = torch.cat(norms), torch.cat(flags)
-    return {"images": len(x), "time_s": elapsed, "images_per_s": len(x) / elapsed,
-            "success": float(ok.double().mean()), "median_norm": float(norm[ok].median()),
-            "batch": batch, "version": foolbox.__version__}
+    return {
+        "images": len(x),
+        "time_s": elapsed,
+        "images_per_s": len(x) / elapsed,
+        "success": float(ok.double().mean()),
+        "median_norm": float(norm[ok].median()),
+        "batch": batch,
+        "version": foolbox.__version__,
+    }
 
 
-HEADER = ("| implementation | images | time (s) | images/s | success rate "
-          "| median |dx| (flipped) |", "|---|---|---|---|---|---|")
+HEADER = (
+    "| implementation | images | time (s) | images/s | success rate | median |dx| (flipped) |",
+    "|---|---|---|---|---|---|",
+)
 
 
 def _row(name: str, r: dict[str, Any]) -> str:
-    return (f"| {name} | {r['images']} | {r['time_s']:.1f} | {r['images_per_s']:.0f} | "
-            f"{r['success']:.4f} | {r['median_norm']:.4f} |")
+    return (
+        f"| {name} | {r['images']} | {r['time_s']:.1f} | {r['images_per_s']:.0f} | "
+        f"{r['success']:.4f} | {r['median_norm']:.4f} |"
+    )
 
 
-def section(full: dict[str, Any], same: dict[str, Any], theirs: dict[str, Any] | None,
-            free: dict[str, Any]) -> str:
+def section(
+    full: dict[str, Any], same: dict[str, Any], theirs: dict[str, Any] | None, free: dict[str, Any]
+) -> str:
     lines = [
-        "## DeepFool", "",
+        "## DeepFool",
+        "",
         "`bench/bench_deepfool.py`: multi-class L2 DeepFool (overshoot 0.02, at most 50 steps, "
         "10 classes, iterates clipped to [0, 1], float64) on `mnist-net_256x2` "
         "(VNN-COMP 2021 mnistfc) over the MNIST test images; "
         f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.", "",
+        f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}.",
+        "",
         *HEADER,
         _row("quantcert", full),
         _row("quantcert", same),
     ]
     if theirs is not None:
         lines.append(_row(f"foolbox {theirs['version']} (batches of {theirs['batch']})", theirs))
-        lines += ["", f"Speed-up on the same images: "
-                  f"{same['images_per_s'] / theirs['images_per_s']:.1f}x."]
-    lines += ["", "Without clipping (the setting `quantcert kappa` uses: Eq. 4.1 has no domain "
-              "constraint):", "", *HEADER, _row("quantcert, unclipped", free)]
-    lines += ["", "quantcert differentiates only the images whose label has not changed yet "
-              "(a no-grad forward pass after each step decides), one backward pass per "
-              "candidate class on a shared graph; foolbox repeats the forward and backward "
-              "pass per class for the whole batch until every image in it is adversarial.", ""]
+        lines += [
+            "",
+            f"Speed-up on the same images: {same['images_per_s'] / theirs['images_per_s']:.1f}x.",
+        ]
+    lines += [
+        "",
+        "Without clipping (the setting `quantcert kappa` uses: Eq. 4.1 has no domain constraint):",
+        "",
+        *HEADER,
+        _row("quantcert, unclipped", free),
+    ]
+    lines += [
+        "",
+        "quantcert differentiates only the images whose label has not changed yet "
+        "(a no-grad forward pass after each step decides), one backward pass per "
+        "candidate class on a shared graph; foolbox repeats the forward and backward "
+        "pass per class for the whole batch until every image in it is adversarial.",
+        "",
+    ]
     return "\n".join(lines)
 
 
