@@ -286,3 +286,24 @@ def test_reproduce_thesis_writes_report(
         "fig_5_3_kappa_random",
     ):
         assert (tmp_path / f"{fig}.png").stat().st_size > 1000
+
+
+def test_interrupted_thesis_keeps_finished_networks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantcert.analyses import thesis
+
+    real = thesis.run_case
+    calls = []
+
+    def run_then_interrupt(case, limit, progress=True):  # type: ignore[no-untyped-def]
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(case.name)
+        return real(case, 3, progress=False)
+
+    monkeypatch.setattr(thesis, "run_case", run_then_interrupt)
+    doc = thesis.reproduce_thesis(tmp_path, limit=3, progress=False, cases=thesis.CASES[:2])
+    assert doc["settings"]["interrupted"] is True
+    assert list(doc["networks"]) == calls
+    assert "Interrupted" in (tmp_path / "report.md").read_text()

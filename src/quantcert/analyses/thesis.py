@@ -255,6 +255,11 @@ def _markdown(cases: list[CaseResult], settings: dict[str, Any]) -> str:
     parts = [
         "# Seed 003 reproduced: minimum input bit-width from the condition number kappa",
         "",
+        *(
+            ["**Interrupted: only the networks below were finished.**", ""]
+            if settings.get("interrupted")
+            else []
+        ),
         f"Run: images per network as in the `images` column (defaults: {MLP_LIMIT} "
         f"MNIST test images for the fully connected nets, {CONV_LIMIT} for the convolutional "
         "ones, the shipped VNN-LIB images for the ResNets: about 3.5 minutes on 2 idle cores, "
@@ -359,6 +364,21 @@ def _per_image(cases: list[CaseResult], path: Path) -> Path:
     return path
 
 
+def _run_cases(
+    chosen: tuple[Case, ...], limit: int | None, progress: bool
+) -> tuple[list[CaseResult], bool]:
+    """Run the cases in turn; Ctrl-C keeps the networks already finished (the report then
+    says it was interrupted) instead of losing them."""
+    results: list[CaseResult] = []
+    try:
+        for case in chosen:
+            results.append(run_case(case, case.limit if limit is None else limit, progress))
+    except KeyboardInterrupt:
+        print(f"interrupted: writing the {len(results)} finished network(s)", file=sys.stderr)
+        return results, True
+    return results, False
+
+
 def reproduce_thesis(
     out_dir: Path,
     limit: int | None = None,
@@ -369,7 +389,9 @@ def reproduce_thesis(
     ``limit``: images per network (default: each case's own). Returns the JSON document."""
     start = time.perf_counter()
     chosen = CASES if cases is None else cases
-    results = [run_case(case, case.limit if limit is None else limit, progress) for case in chosen]
+    results, interrupted = _run_cases(chosen, limit, progress)
+    if not results:
+        raise KeyboardInterrupt
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = thesis_figures(
@@ -388,6 +410,7 @@ def reproduce_thesis(
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "python": sys.version.split()[0],
         "torch": torch.__version__,
+        "interrupted": interrupted,
     }
     settings["time_s"] = time.perf_counter() - start
     doc = {
