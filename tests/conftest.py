@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import torch
+from hypothesis import settings
 
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops import DTYPE, Affine, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+
+# CI runs a fixed, reproducible set of examples; local runs keep exploring new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 DATA = Path(__file__).parent / "data"
 MODELS = DATA / "models"
