@@ -108,3 +108,12 @@ def test_kappa_command_json() -> None:
         "analytic_bound",
     ):
         assert key in data
+
+
+def test_kappa_per_layer_json() -> None:
+    npz = PACKAGED.parent / "mnist_test.npz"
+    model = str(PACKAGED / "verivital" / "Convnet_avgpool.onnx")
+    res = run("kappa", model, "--data", str(npz), "--limit", "4", "--per-layer", "--json", "-")
+    assert res.returncode == 0, res.stderr
+    layers = json.loads(res.stdout)["per_layer"]["layers"]
+    assert layers[0]["node"] == "input" and len(layers) >= 3

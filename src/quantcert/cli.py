@@ -233,6 +233,9 @@ def kappa(
         str, typer.Option("--method", help="deepfool, random, analytic or certified")
     ] = "deepfool",
     limit: Annotated[int | None, typer.Option("--limit", help="First N images")] = None,
+    per_layer: Annotated[
+        bool, typer.Option("--per-layer", help="Also kappa from each layer's output on")
+    ] = False,
     json: JsonOpt = None,
 ) -> None:
     """Condition number kappa and the input bits it implies (seed 003)."""
@@ -240,7 +243,7 @@ def kappa(
 
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
-    kappa_command(model, data, method, limit, json)
+    kappa_command(model, data, method, limit, json, per_layer)
 
 
 @app.command()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from quantcert.analyses.kappa import METHODS, kappa
 from quantcert.analyses.kappa_data import load_images
 from quantcert.errors import InputError
@@ -20,19 +22,37 @@ from quantcert.report.output import write_json
 
 
 def kappa_command(
-    model: str, data: str, method: str, limit: int | None, json_target: str | None
+    model: str,
+    data: str,
+    method: str,
+    limit: int | None,
+    json_target: str | None,
+    per_layer: bool = False,
 ) -> None:
     """Measure kappa of ``model`` on the images in ``data`` (``.npz``, ``.vnnlib`` or a folder
-    of ``.vnnlib`` files); print a table, or write JSON to ``json_target`` (``-``: stdout)."""
+    of ``.vnnlib`` files); print a table, or write JSON to ``json_target`` (``-``: stdout).
+    ``per_layer`` adds the kappa of the rest of the network from each layer's output (one
+    DeepFool run per layer over the same images: keep ``limit`` small)."""
     if method not in METHODS:
         raise InputError(f"unknown kappa method {method!r}: use {', '.join(METHODS)}")
     net = load(model)
     images = load_images(data, net.input_shape, limit)
     result = kappa(net, images.images, images.labels, method=method, progress=True)
+    layers = None
+    if per_layer:
+        from quantcert.analyses.layer_kappa import layer_kappa
+
+        layers = layer_kappa(net, torch.as_tensor(images.images, dtype=torch.float64))
     if json_target is None:
         print(result.to_text())
+        if layers is not None:
+            print("\nper-layer kappa (the rest of the network from each layer's output)\n")
+            print(layers.to_markdown())
     else:
-        write_json(result.to_dict(), json_target)
+        doc = result.to_dict()
+        if layers is not None:
+            doc["per_layer"] = layers.to_dict()
+        write_json(doc, json_target)
 
 
 def reproduce_thesis_command(out: Path, limit: int | None = None) -> None:
