@@ -28,14 +28,21 @@ def _finite(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return idx, v[idx]
 
 
+def _frame(ax: Axes, title: str, xlabel: str, ylabel: str, values: np.ndarray) -> bool:
+    """Title and axis labels; False (with a note on the panel) when there is nothing to plot."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if values.size == 0:
+        ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
+        return False
+    return True
+
+
 def kappa_panel(ax: Axes, kappa: np.ndarray, title: str) -> None:
     """Kappa per image: blue circles, min (red triangle) and max (yellow square)."""
     idx, v = _finite(kappa)
-    ax.set_title(title)
-    ax.set_xlabel("image")
-    ax.set_ylabel("kappa")
-    if v.size == 0:
-        ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
+    if not _frame(ax, title, "image", "kappa", v):
         return
     ax.scatter(idx, v, s=6, facecolors="none", edgecolors="tab:blue", linewidths=0.6,
                label="kappa per image")
@@ -51,11 +58,7 @@ def kappa_panel(ax: Axes, kappa: np.ndarray, title: str) -> None:
 def histogram_panel(ax: Axes, kappa: np.ndarray, title: str) -> None:
     """Distribution of the images over kappa (log-spaced bins)."""
     _, v = _finite(kappa)
-    ax.set_title(title)
-    ax.set_xlabel("kappa")
-    ax.set_ylabel("images")
-    if v.size == 0:
-        ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
+    if not _frame(ax, title, "kappa", "images", v):
         return
     lo, hi = math.log10(v.min()), math.log10(v.max())
     bins = np.logspace(lo, hi if hi > lo else lo + 1e-3, 40)
@@ -70,11 +73,7 @@ def histogram_panel(ax: Axes, kappa: np.ndarray, title: str) -> None:
 def perturbation_panel(ax: Axes, relative: np.ndarray, title: str) -> None:
     """Relative DeepFool perturbation ``|dx| / |x|`` per image (log scale)."""
     idx, v = _finite(relative)
-    ax.set_title(title)
-    ax.set_xlabel("image")
-    ax.set_ylabel("|dx| / |x|")
-    if v.size == 0:
-        ax.text(0.5, 0.5, "no finite values", transform=ax.transAxes, ha="center")
+    if not _frame(ax, title, "image", "|dx| / |x|", v):
         return
     ax.scatter(idx, v, s=6, color="tab:blue")
     ax.axhline(float(v.mean()), color="red", linestyle="--", label=f"mean {v.mean():.3g}")
