@@ -18,11 +18,15 @@ def _radius(pert: Perturbation) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in pert.radius.items()}
 
 
-def _certificate(net: Network, res: exact.ExactResult) -> Certificate:
+def exact_certificate(net: Network, res: exact.ExactResult) -> Certificate:
+    """An exact-backend answer as a certificate; witness offsets shaped like the tensors."""
     witness = None
     if res.witness_x is not None:
         nominal = net.param_tensors()
-        offsets = {k: v - nominal[k].numpy() for k, v in res.witness_params.items()}
+        offsets = {
+            k: np.asarray(v).reshape(nominal[k].shape) - nominal[k].numpy()
+            for k, v in res.witness_params.items()
+        }
         witness = WitnessRecord(np.asarray(res.witness_x), offsets, res.lower)
     return Certificate(res.lower, res.upper, res.status, witness, res.time_s, f"exact-{res.engine}")
 
@@ -50,7 +54,7 @@ def epsilon_exact(net: Network, pert: Perturbation, box: Box, budget: Budget) ->
     point = bool(np.array_equal(box.lo.numpy(), box.hi.numpy()))
     spec = {"perturbation": pert.description, "gap": budget.gap, "timeout": budget.timeout}
     return QueryResult(
-        "epsilon " + ("local" if point else "global"), _certificate(net, res), (), spec
+        "epsilon " + ("local" if point else "global"), exact_certificate(net, res), (), spec
     )
 
 
@@ -67,4 +71,5 @@ def flip_exact(
     )
     point = bool(np.array_equal(box.lo.numpy(), box.hi.numpy()))
     spec = {"perturbation": pert.description, "timeout": budget.timeout}
-    return QueryResult("flip " + ("local" if point else "global"), _certificate(net, res), (), spec)
+    cert = exact_certificate(net, res)
+    return QueryResult("flip " + ("local" if point else "global"), cert, (), spec)

@@ -7,16 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from quantcert.analyses.epsilon import Budget, input_box
+from quantcert.analyses.exact_queries import exact_certificate
 from quantcert.analyses.sigma import SigmaResult, make_problem, sigma
 from quantcert.engines import perturbation
 from quantcert.errors import InputError
 from quantcert.network import Network
 from quantcert.ops.base import Box
 from quantcert.report.output import write_json
-from quantcert.report.results import Certificate, WitnessRecord
 
 
 def sigma_command(
@@ -91,7 +89,7 @@ def sigma_exact(
         time_limit=budget.timeout,
         absgap=budget.gap,
     )
-    sides = [_certificate(net, r) for r in (res.above, res.below)]
+    sides = [exact_certificate(net, r) for r in (res.above, res.below)]
     spec: dict[str, Any] = {
         "perturbation": pert.description,
         "level": problem.level,
@@ -102,18 +100,6 @@ def sigma_exact(
     }
     elapsed = time.perf_counter() - start
     return SigmaResult(sides[0], sides[1], problem.level, elapsed, "exact-scip", spec)
-
-
-def _certificate(net: Network, res: Any) -> Certificate:
-    witness = None
-    if res.witness_x is not None:
-        nominal = net.param_tensors()
-        offsets = {
-            k: np.asarray(v).reshape(nominal[k].shape) - nominal[k].numpy()
-            for k, v in res.witness_params.items()
-        }
-        witness = WitnessRecord(np.asarray(res.witness_x), offsets, res.lower)
-    return Certificate(res.lower, res.upper, res.status, witness, res.time_s, "exact-scip")
 
 
 def reproduce_paper_command(out: Path) -> None:

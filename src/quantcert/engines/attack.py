@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from quantcert.engines.perturbation import Perturbation
+from quantcert.engines.perturbation import Perturbation, inner_limits
 from quantcert.network import Network
 from quantcert.ops.base import DTYPE, Box
 
@@ -32,16 +32,9 @@ class Witness:
 
 
 def _param_limits(net: Network, pert: Perturbation) -> dict[str, tuple[Tensor, Tensor]]:
-    """Float limits strictly inside the real box ``|theta - theta0| <= D``: one ulp inwards
-    of the rounded end points, so a witness never leaves the perturbation set by rounding."""
+    """Per perturbed tensor, the float limits strictly inside its box (``inner_limits``)."""
     nominal = net.param_tensors()
-    limits = {}
-    for name, r in pert.radius.items():
-        t0 = nominal[name]
-        lo = torch.minimum(torch.nextafter(t0 - r, t0), t0)
-        hi = torch.maximum(torch.nextafter(t0 + r, t0), t0)
-        limits[name] = (lo, hi)
-    return limits
+    return {name: inner_limits(nominal[name], r) for name, r in pert.radius.items()}
 
 
 def search(

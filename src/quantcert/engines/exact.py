@@ -45,6 +45,7 @@ from quantcert.engines.exact_encode import (
     parse_radius,
     theta0,
 )
+from quantcert.engines.perturbation import inner_limits
 from quantcert.errors import InputError
 from quantcert.network import Network
 from quantcert.ops import DTYPE
@@ -198,11 +199,10 @@ def _clip(
 
 
 def _inside(t0: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Float limits strictly inside ``|theta - t0| <= r``: the rounded end points moved one
-    ulp towards ``t0`` (as the witness search does), so rounding never leaves the box."""
-    lo = np.minimum(np.nextafter(t0 - r, t0), t0)
-    hi = np.maximum(np.nextafter(t0 + r, t0), t0)
-    return lo, hi
+    """``inner_limits`` (as the witness search uses them) on numpy arrays."""
+    t = torch.as_tensor(t0, dtype=torch.float64)
+    lo, hi = inner_limits(t, torch.as_tensor(r, dtype=torch.float64).expand_as(t))
+    return lo.numpy(), hi.numpy()
 
 
 def _repair(s: _Setup, goal: _Goal, w: _Witness) -> _Witness:

@@ -31,6 +31,14 @@ class Perturbation:
         return sum(int((r > 0).sum()) for r in self.radius.values())
 
 
+def inner_limits(t0: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+    """Float limits strictly inside the real box ``|theta - t0| <= r``: the rounded end points
+    moved one ulp towards ``t0``, so a witness never leaves the perturbation set by rounding."""
+    lo = torch.minimum(torch.nextafter(t0 - r, t0), t0)
+    hi = torch.maximum(torch.nextafter(t0 + r, t0), t0)
+    return lo, hi
+
+
 def _selected(net: Network, select: Iterable[str] | None) -> dict[str, Tensor]:
     params = net.param_tensors()
     if select is None:
