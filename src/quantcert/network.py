@@ -88,6 +88,15 @@ class Network(torch.nn.Module):
             for pname, value in node.op.params.items()
         }
 
+    def with_params(self, per_node: Mapping[str, Mapping[str, Tensor]]) -> Network:
+        """The same graph with some nodes' parameters replaced (values may be batched: one
+        parameter setting per batch element, for bounds over many parameter boxes)."""
+        nodes = [
+            Node(n.name, n.op.with_params(per_node[n.name]), n.inputs) if n.name in per_node else n
+            for n in self.nodes
+        ]
+        return Network(nodes, self.input_shape, self.head, self.name)
+
     def num_params(self) -> int:
         return sum(int(t.numel()) for t in self.param_tensors().values())
 

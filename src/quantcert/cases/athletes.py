@@ -63,10 +63,17 @@ class TrainedCase:
     def save(self, path: Path) -> None:
         """Write the parameters and the metadata to an ``.npz`` file."""
         np.savez(
-            path, W1=self.W1, b1=self.b1, W2=self.W2, b2=self.b2,
-            activation=np.array(self.activation), accuracy=np.array(self.accuracy),
-            rows=np.array(self.rows), dropped=np.array(self.dropped),
-            seed=np.array(self.seed), recipe=np.array(self.recipe),
+            path,
+            W1=self.W1,
+            b1=self.b1,
+            W2=self.W2,
+            b2=self.b2,
+            activation=np.array(self.activation),
+            accuracy=np.array(self.accuracy),
+            rows=np.array(self.rows),
+            dropped=np.array(self.dropped),
+            seed=np.array(self.seed),
+            recipe=np.array(self.recipe),
         )
 
 
@@ -79,8 +86,10 @@ def _glorot(out_f: int, in_f: int, gen: torch.Generator) -> Tensor:
 def _init(gen: torch.Generator, n_in: int) -> list[Tensor]:
     """[W1 (3, n_in), b1 (3,), W2 (1, 3), b2 (1,)], trainable."""
     params = [
-        _glorot(HIDDEN, n_in, gen), torch.zeros(HIDDEN, dtype=DTYPE),
-        _glorot(1, HIDDEN, gen), torch.zeros(1, dtype=DTYPE),
+        _glorot(HIDDEN, n_in, gen),
+        torch.zeros(HIDDEN, dtype=DTYPE),
+        _glorot(1, HIDDEN, gen),
+        torch.zeros(1, dtype=DTYPE),
     ]
     return [p.requires_grad_() for p in params]
 
@@ -137,9 +146,7 @@ def train_athletes(activation: str, seed: int = 0) -> TrainedCase:
     with torch.no_grad():
         predicted = (net(x)[:, 0] >= CASES[name].decision_level).numpy()
     accuracy = float((predicted == (y_np == 1)).mean())
-    return TrainedCase(
-        name, activation, w1, b1, w2, b2, accuracy, len(x_np), dropped, seed, RECIPE
-    )
+    return TrainedCase(name, activation, w1, b1, w2, b2, accuracy, len(x_np), dropped, seed, RECIPE)
 
 
 def train_and_save(out_dir: Path = DATA_DIR, seed: int = 0) -> list[TrainedCase]:

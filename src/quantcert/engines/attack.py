@@ -47,11 +47,13 @@ def search(
     steps: int = 60,
     seed: int = 0,
     warm: Mapping[str, Tensor] | None = None,
+    param_box: Mapping[str, tuple[Tensor, Tensor]] | None = None,
 ) -> list[Witness]:
     """Maximise each of the ``columns`` objective columns over x in any of the boxes
     (``box``: a batch of B boxes) and theta in the perturbation set. The first start in each
     box is its centre with the nominal parameters, or with ``warm`` (a parameter setting
-    found before) when given. Returns the best witness per column."""
+    found before) when given. ``param_box`` narrows some tensors to one sub-box per input box
+    (limits (B, *shape), inside the perturbation set). Returns the best witness per column."""
     gen = torch.Generator().manual_seed(seed)
     b = box.lo.shape[0]
     n = b * columns * restarts
@@ -59,15 +61,19 @@ def search(
     column = (torch.arange(n) // restarts) % columns
     lo, hi = box.lo[which], box.hi[which]
     limits = _param_limits(net, pert)
+    if param_box is not None:
+        limits.update({k: (v[0][which], v[1][which]) for k, v in param_box.items()})
     first = torch.arange(n) % restarts == 0
     x = lo + (hi - lo) * torch.rand(lo.shape, generator=gen, dtype=DTYPE)
     x[first] = ((lo + hi) / 2)[first]
     params = {}
     nominal = net.param_tensors()
     for name, (plo, phi) in limits.items():
-        corner = torch.randint(0, 2, (n, *plo.shape), generator=gen).to(DTYPE)
+        shape = nominal[name].shape
+        corner = torch.randint(0, 2, (n, *shape), generator=gen).to(DTYPE)
         start = plo + (phi - plo) * corner
-        start[first] = nominal[name] if warm is None else torch.clamp(warm[name], plo, phi)
+        ref = nominal[name] if warm is None else warm[name]
+        start[first] = torch.clamp(ref.expand(n, *shape), plo, phi)[first]
         params[name] = start
     for step in range(steps):
         size = 0.5 * (1 - step / steps) ** 2 + 1e-3
@@ -119,6 +125,64 @@ def _ascent_step(
             g = torch.zeros_like(leaf) if g is None else g
             new[name] = torch.clamp(leaf + size * (phi - plo) * g.sign(), plo, phi)
     return x_new, new
+
+
+def polish(
+    net: Network,
+    pert: Perturbation,
+    box: Box,
+    objective: Objective,
+    witness: Witness,
+    column: int,
+    rounds: int = 50,
+) -> Witness:
+    """Greedy corner moves from a witness of objective ``column``: each round tries every
+    perturbed scalar at either end of its box (and every input coordinate at either end of
+    ``box``, batch 1) in one batch, and keeps the single best improving move. Maxima over
+    parameter boxes often sit at corners that signed-gradient ascent misses (a ReLU off at
+    the start gives no gradient towards the corner that switches it on)."""
+    limits = _param_limits(net, pert)
+    names = list(limits)
+    lo = torch.cat([box.lo.flatten()] + [limits[k][0].flatten() for k in names])
+    hi = torch.cat([box.hi.flatten()] + [limits[k][1].flatten() for k in names])
+    current = torch.cat([witness.x.flatten()] + [witness.params[k].flatten() for k in names])
+    movable = (hi > lo).nonzero().flatten()
+    value = witness.value
+    for _ in range(rounds):
+        if movable.numel() == 0:
+            break
+        cands = current.expand(2 * movable.numel(), -1).clone()
+        rows = torch.arange(2 * movable.numel())
+        cols = movable.repeat(2)
+        cands[rows, cols] = torch.cat([lo[movable], hi[movable]])
+        with torch.no_grad():
+            x, params = _unflatten(net, names, cands, box)
+            values = objective(x, params)[:, column]
+        i = int(values.argmax())
+        if not float(values[i]) > value:
+            break
+        value, current = float(values[i]), cands[i]
+    x, params = _unflatten(net, names, current.unsqueeze(0), box)
+    return (
+        Witness(value, x[0], {k: v[0] for k, v in params.items()})
+        if value > witness.value
+        else witness
+    )
+
+
+def _unflatten(
+    net: Network, names: list[str], flat: Tensor, box: Box
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Rows of ``[x, theta...]`` -> inputs (N, *in) and parameter tensors (N, *shape)."""
+    nominal = net.param_tensors()
+    n_x = box.lo[0].numel()
+    x = flat[:, :n_x].reshape(-1, *box.lo.shape[1:])
+    params, start = {}, n_x
+    for k in names:
+        size = nominal[k].numel()
+        params[k] = flat[:, start : start + size].reshape(-1, *nominal[k].shape)
+        start += size
+    return x, params
 
 
 def _best(values: Tensor, x: Tensor, params: dict[str, Tensor], mask: Tensor) -> Witness:

@@ -20,6 +20,8 @@ from quantcert.engines.attack import Witness
 from quantcert.ops.base import Box
 
 BoundFn = Callable[[Box], Tensor]  # boxes (B, *in) -> sound upper bounds (B,)
+#: boxes (B, d) -> (sound upper bounds (B,), split score per coordinate (B, d))
+ScoredBoundFn = Callable[[Box], tuple[Tensor, Tensor]]
 AttackFn = Callable[[Box, int], Witness]  # boxes, effort (steps) -> best witness
 
 
@@ -44,15 +46,26 @@ def maximise(
     decided: Callable[[float, float], bool] | None = None,
     initial: Witness | None = None,
     progress: Callable[[float, float, int], None] | None = None,
+    scored: ScoredBoundFn | None = None,
 ) -> BabOutcome:
     """``root`` is one box (batch 1). ``deadline`` is a ``time.perf_counter`` value.
     ``decided(lower, upper)`` may end the search early (verification queries); ``initial`` is
-    a witness already found (else the search starts with a thorough attack on the root)."""
+    a witness already found (else the search starts with a thorough attack on the root).
+    ``scored`` replaces ``bound`` where the bound also scores each coordinate of each box
+    (e.g. how much the bound depends on that side's width): splits then take the highest
+    score; by default they take the widest side relative to the root box."""
     width = (root.hi - root.lo).flatten(1)[0]
     scale = torch.where(width > 0, width, torch.ones_like(width))
     lo, hi = root.lo.flatten(1), root.hi.flatten(1)
     shape = root.lo.shape[1:]
-    ub = bound(root)
+
+    def bounded(boxes: Box) -> tuple[Tensor, Tensor]:
+        if scored is not None:
+            return scored(boxes)
+        flat = (boxes.hi - boxes.lo).flatten(1)
+        return bound(boxes), flat / scale
+
+    ub, score = bounded(root)
     best = initial if initial is not None else attack(root, 60)
     pruned_max = -torch.inf
     rounds, status, seen = 0, "exhausted", 1
@@ -72,9 +85,9 @@ def maximise(
             rounds += 1
             order = ub.argsort(descending=True)
             pick, rest = order[: max(1, batch // 2)], order[max(1, batch // 2) :]
-            c_lo, c_hi = _split(lo[pick], hi[pick], scale)
+            c_lo, c_hi = _split(lo[pick], hi[pick], score[pick])
             c_box = Box(c_lo.reshape(-1, *shape), c_hi.reshape(-1, *shape))
-            c_ub = bound(c_box)
+            c_ub, c_score = bounded(c_box)
             top = c_ub.argsort(descending=True)[:2]
             if float(c_ub[top[0]]) > best.value + gap:  # a better witness may still exist
                 found = attack(Box(c_box.lo[top], c_box.hi[top]), 4)
@@ -85,27 +98,36 @@ def maximise(
                 torch.cat([hi[rest], c_hi]),
                 torch.cat([ub[rest], c_ub]),
             )
+            score = torch.cat([score[rest], c_score])
             keep = ub > best.value
             if not bool(keep.all()):
                 pruned_max = max(pruned_max, float(ub[~keep].max()))
-            lo, hi, ub = lo[keep], hi[keep], ub[keep]
+            lo, hi, ub, score = lo[keep], hi[keep], ub[keep], score[keep]
     except KeyboardInterrupt:
         status = "interrupted"
     upper = max(float(ub.max()) if ub.numel() else -torch.inf, pruned_max, best.value)
     return BabOutcome(best.value, upper, best, status, seen, rounds)
 
 
-def _split(lo: Tensor, hi: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """Split each box (rows of lo/hi) at the middle of its widest sides relative to the root
-    box: all sides when there are at most three (2**d children: low-dimensional domains
-    converge in fewer rounds), else the widest one."""
+def _split(lo: Tensor, hi: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
+    """Split each box (rows of lo/hi) at the middle of its highest-scoring sides: all sides
+    when there are at most three (2**d children: low-dimensional domains converge in fewer
+    rounds), else the best one. Only sides of positive width are split."""
     sides = lo.shape[1] if lo.shape[1] <= 3 else 1
+    sides = max(1, min(sides, int((hi > lo).sum(1).min())))
+    score = torch.where(hi > lo, score, -torch.inf)
     for _ in range(sides):
-        dim = ((hi - lo) / scale).argmax(1)
+        dim = score.argmax(1)
         rows = torch.arange(lo.shape[0])
         mid = (lo[rows, dim] + hi[rows, dim]) / 2
         left_hi, right_lo = hi.clone(), lo.clone()
         left_hi[rows, dim] = mid
         right_lo[rows, dim] = mid
-        lo, hi = torch.cat([lo, right_lo]), torch.cat([left_hi, hi])
+        score = score.clone()
+        score[rows, dim] = -torch.inf  # each side once per round
+        lo, hi, score = (
+            torch.cat([lo, right_lo]),
+            torch.cat([left_hi, hi]),
+            torch.cat([score, score]),
+        )
     return lo, hi

@@ -76,15 +76,18 @@ def boundary_gradients(
         logits = fn(xg, index)
         cot = torch.zeros((c - 1, n, logits.shape[1]), dtype=logits.dtype)
         cot.scatter_(2, classes[:, 1:].T.unsqueeze(2), 1.0)
-        cot.scatter_add_(2, classes[:, :1].T.expand(c - 1, n).unsqueeze(2),
-                         -torch.ones_like(cot[..., :1]))
+        cot.scatter_add_(
+            2, classes[:, :1].T.expand(c - 1, n).unsqueeze(2), -torch.ones_like(cot[..., :1])
+        )
         if vmap_classes:
             (jac,) = torch.autograd.grad(logits, xg, cot, is_grads_batched=True)
         else:
-            jac = torch.stack([
-                torch.autograd.grad(logits, xg, cot[k], retain_graph=k < c - 2)[0]
-                for k in range(c - 1)
-            ])
+            jac = torch.stack(
+                [
+                    torch.autograd.grad(logits, xg, cot[k], retain_graph=k < c - 2)[0]
+                    for k in range(c - 1)
+                ]
+            )
     f = logits.detach().gather(1, classes)
     return f[:, 1:] - f[:, :1], jac.transpose(0, 1)
 

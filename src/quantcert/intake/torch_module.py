@@ -112,8 +112,12 @@ def _conv_padding(m: nn.Conv2d) -> tuple[int, int]:
 
 def _conv(b: _Builder, m: nn.Conv2d) -> None:
     op = Conv(
-        _t(m.weight), None if m.bias is None else _t(m.bias), _pair(m.stride, "stride"),
-        _conv_padding(m), _pair(m.dilation, "dilation"), m.groups,
+        _t(m.weight),
+        None if m.bias is None else _t(m.bias),
+        _pair(m.stride, "stride"),
+        _conv_padding(m),
+        _pair(m.dilation, "dilation"),
+        m.groups,
     )
     b.add("conv", op)
 

@@ -15,8 +15,24 @@ def _radius(radius: Mapping[str, Tensor], name: str, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if value is None else value
 
 
+def _apply(x: Tensor, w: Tensor) -> Tensor:
+    """``x w^T``: x (B, in), w (out, in) or one matrix per batch element (B, out, in)."""
+    return torch.einsum("boi,bi->bo", w, x) if w.dim() == 3 else x @ w.T
+
+
+def _pull(A: Tensor, w: Tensor) -> Tensor:
+    """``A w``: A (S, B, out), w (out, in) or (B, out, in) -> (S, B, in)."""
+    return torch.einsum("sbo,boi->sbi", A, w) if w.dim() == 3 else A @ w
+
+
+def _dot(A: Tensor, b: Tensor) -> Tensor:
+    """``sum_o A_o b_o``: A (S, B, out), b (out,) or (B, out) -> (S, B)."""
+    return (A * b).sum(-1) if b.dim() == 2 else A @ b
+
+
 class Affine(Op):
-    """``weight`` (out, in), ``bias`` (out,); input (B, in), output (B, out)."""
+    """``weight`` (out, in), ``bias`` (out,); input (B, in), output (B, out). Parameters and
+    radii may be batched: (B, out, in) and (B, out)."""
 
     param_names = ("weight", "bias")
 
@@ -39,19 +55,16 @@ class Affine(Op):
 
     def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
         w, b = params["weight"], params.get("bias", self.bias)
-        x = xs[0]
-        if w.dim() == 3:  # one weight matrix per batch element
-            return torch.einsum("boi,bi->bo", w, x) + b
-        return x @ w.T + b
+        return _apply(xs[0], w) + b
 
     def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
         w, b = self.params["weight"], self.bias
         dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
         box = boxes[0]
-        center = box.center @ w.T + b
+        center = _apply(box.center, w) + b
         # (W0 + E)(c + e) - W0 c = W0 e + E (c + e), |E| <= D, |e| <= r.
-        spread = box.radius @ w.abs().T + box.absmax @ dw.T + db
-        magnitude = box.center.abs() @ w.abs().T + b.abs() + spread
+        spread = _apply(box.radius, w.abs()) + _apply(box.absmax, dw) + db
+        magnitude = _apply(box.center.abs(), w.abs()) + b.abs() + spread
         return outward(center - spread, center + spread, magnitude)
 
     def backward(
@@ -60,12 +73,12 @@ class Affine(Op):
         w, b = self.params["weight"], self.bias
         dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
         a_abs = A.abs()
-        a_in = A @ w
-        const = A @ b + a_abs @ db
-        magnitude = a_abs @ (b.abs() + db)
+        a_in = _pull(A, w)
+        const = _dot(A, b) + _dot(a_abs, db)
+        magnitude = _dot(a_abs, b.abs() + db)
         if bool((dw != 0).any()):
             # max over |E| <= D of A E z = (|A| D) |z|, and |z| <= slope*z + offset on the box.
-            gain = a_abs @ dw
+            gain = _pull(a_abs, dw)
             slope, offset = abs_upper_line(boxes[0])
             a_in = a_in + gain * slope
             extra = (gain * offset).sum(-1)

@@ -8,7 +8,9 @@ carry a further leading spec dimension ``S``: ``A`` has shape ``(S, B, *node_sha
   input in the batch), which attacks use to search over many parameter settings at once.
 - ``interval(boxes, radius)``: interval transfer. For every input in ``boxes`` and every
   parameter ``theta`` with ``|theta - theta0| <= radius`` (elementwise), the output lies in
-  the returned box.
+  the returned box. ``theta0`` is ``self.params``; ``with_params`` gives a copy of the op
+  centred elsewhere. Parametrised ops accept centres and radii with a leading batch
+  dimension ``B`` (one parameter box per batch element: branch and bound over parameters).
 - ``backward(A, boxes, radius)``: linear backward transfer (CROWN style) of an *upper* bound:
   for all inputs in ``boxes`` and parameters in the radius,
   ``sum(A * out) <= sum_i sum(A_i * in_i) + const`` per spec row and batch element.
@@ -23,6 +25,7 @@ up to about two million.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -113,6 +116,13 @@ class Op:
         uses it for the rounding margin.
         """
         return None
+
+    def with_params(self, params: Mapping[str, Tensor]) -> Op:
+        """A shallow copy whose parameters (the centres ``theta0``) are replaced by ``params``;
+        values may be batched ``(B, *shape)``."""
+        clone = copy.copy(self)
+        clone.params = {**self.params, **params}
+        return clone
 
     def describe(self) -> str:
         return type(self).__name__

@@ -12,8 +12,19 @@ from quantcert.ops.affine import _radius
 from quantcert.ops.base import DTYPE, Box, Op, abs_upper_line, outward
 
 
+def _dot(A: Tensor, b: Tensor) -> Tensor:
+    """``sum_o A_o b_o``: A (S, B, O), b (O,) or (B, O) -> (S, B)."""
+    return (A * b).sum(-1) if b.dim() == 2 else A @ b
+
+
+def _channels(b: Tensor) -> Tensor:
+    """A per-channel vector (O,) or (B, O) shaped to broadcast over (B, O, H, W)."""
+    return b.reshape(*b.shape, 1, 1)
+
+
 class Conv(Op):
-    """``weight`` (O, I/groups, kh, kw), ``bias`` (O,); symmetric zero padding."""
+    """``weight`` (O, I/groups, kh, kw), ``bias`` (O,); symmetric zero padding. Parameters and
+    radii may be batched: (B, O, I/groups, kh, kw) and (B, O)."""
 
     param_names = ("weight", "bias")
 
@@ -40,12 +51,8 @@ class Conv(Op):
         return torch.zeros(self.params["weight"].shape[0], dtype=DTYPE) if b is None else b
 
     def _conv(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
-        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
-
-    def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
-        w, b = params["weight"], params.get("bias", self.bias)
-        x = xs[0]
-        if w.dim() == 5:  # one kernel per batch element: fold the batch into groups
+        """x (B, C, H, W); w unbatched or one kernel per batch element (B, O, ...)."""
+        if w.dim() == 5:  # fold the batch into groups
             n = x.shape[0]
             out = F.conv2d(
                 x.reshape(1, -1, *x.shape[2:]),
@@ -56,23 +63,35 @@ class Conv(Op):
                 self.dilation,
                 self.groups * n,
             )
-            return out.reshape(n, -1, *out.shape[2:]) + b.reshape(n, -1, 1, 1)
-        return self._conv(x, w, b)
+            out = out.reshape(n, -1, *out.shape[2:])
+            return out if b is None else out + _channels(b)
+        return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
+        w, b = params["weight"], params.get("bias", self.bias)
+        if w.dim() == 5 or b.dim() == 2:
+            return self._conv(xs[0], w) + _channels(b)
+        return self._conv(xs[0], w, b)
 
     def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
         w, b = self.params["weight"], self.bias
         dw, db = _radius(radius, "weight", w), _radius(radius, "bias", b)
         box = boxes[0]
-        center = self._conv(box.center, w, b)
-        spread = self._conv(box.radius, w.abs()) + self._conv(box.absmax, dw)
-        spread = spread + db.reshape(-1, 1, 1)
-        magnitude = self._conv(box.center.abs(), w.abs(), b.abs()) + spread
+        center = self._conv(box.center, w) + _channels(b)
+        spread = self._conv(box.radius, w.abs()) + self._conv(box.absmax, dw) + _channels(db)
+        magnitude = self._conv(box.center.abs(), w.abs()) + _channels(b.abs()) + spread
         return outward(center - spread, center + spread, magnitude)
 
     def _transpose(self, A: Tensor, w: Tensor, in_shape: torch.Size) -> Tensor:
-        """``A`` (S, B, O, H', W') -> adjoint applied: (S, B, *in_shape)."""
+        """``A`` (S, B, O, H', W') -> adjoint applied: (S, B, *in_shape); ``w`` may be batched
+        (B, O, ...): the batch then folds into groups."""
         s, n = A.shape[:2]
-        flat = A.reshape(s * n, *A.shape[2:])
+        groups = self.groups
+        if w.dim() == 5:
+            flat = A.reshape(s, n * A.shape[2], *A.shape[3:])
+            w, groups = w.reshape(-1, *w.shape[2:]), groups * n
+        else:
+            flat = A.reshape(s * n, *A.shape[2:])
         h_in, w_in = in_shape[-2:]
         kh, kw = w.shape[-2:]
         pads = []
@@ -87,9 +106,9 @@ class Conv(Op):
         ):
             pads.append(size - ((out - 1) * st - 2 * p + d * (k - 1) + 1))
         res = F.conv_transpose2d(
-            flat, w, None, self.stride, self.padding, tuple(pads), self.groups, self.dilation
+            flat, w, None, self.stride, self.padding, tuple(pads), groups, self.dilation
         )
-        return res.reshape(s, n, *res.shape[1:])
+        return res.reshape(s, n, -1, *res.shape[-2:])
 
     def backward(
         self, A: Tensor, boxes: Sequence[Box], radius: Mapping[str, Tensor]
@@ -101,8 +120,8 @@ class Conv(Op):
         per_channel = A.sum((-1, -2))  # (S, B, O)
         abs_channel = a_abs.sum((-1, -2))
         a_in = self._transpose(A, w, box.lo.shape)
-        const = per_channel @ b + abs_channel @ db
-        magnitude = abs_channel @ (b.abs() + db)
+        const = _dot(per_channel, b) + _dot(abs_channel, db)
+        magnitude = _dot(abs_channel, b.abs() + db)
         if bool((dw != 0).any()):
             # Shared kernel entries: |sum_o A_o E_k z_o+k| <= D_k sum_o |A_o||z_o+k| (sound).
             gain = self._transpose(a_abs, dw, box.lo.shape)

@@ -44,13 +44,29 @@ def kappa_panel(ax: Axes, kappa: np.ndarray, title: str) -> None:
     idx, v = _finite(kappa)
     if not _frame(ax, title, "image", "kappa", v):
         return
-    ax.scatter(idx, v, s=6, facecolors="none", edgecolors="tab:blue", linewidths=0.6,
-               label="kappa per image")
+    ax.scatter(
+        idx,
+        v,
+        s=6,
+        facecolors="none",
+        edgecolors="tab:blue",
+        linewidths=0.6,
+        label="kappa per image",
+    )
     lo, hi = int(np.argmin(v)), int(np.argmax(v))
-    ax.scatter([idx[lo]], [v[lo]], marker="^", s=60, color="red", zorder=3,
-               label=f"min {v[lo]:.3g}")
-    ax.scatter([idx[hi]], [v[hi]], marker="s", s=60, color="gold", edgecolors="black",
-               zorder=3, label=f"max {v[hi]:.3g}")
+    ax.scatter(
+        [idx[lo]], [v[lo]], marker="^", s=60, color="red", zorder=3, label=f"min {v[lo]:.3g}"
+    )
+    ax.scatter(
+        [idx[hi]],
+        [v[hi]],
+        marker="s",
+        s=60,
+        color="gold",
+        edgecolors="black",
+        zorder=3,
+        label=f"max {v[hi]:.3g}",
+    )
     ax.set_yscale("log")
     ax.legend(loc="best", fontsize=7)
 
@@ -64,8 +80,9 @@ def histogram_panel(ax: Axes, kappa: np.ndarray, title: str) -> None:
     bins = np.logspace(lo, hi if hi > lo else lo + 1e-3, 40)
     ax.hist(v, bins=bins.tolist(), color="tab:blue", alpha=0.8)
     ax.axvline(float(v.mean()), color="red", linestyle="--", label=f"mean {v.mean():.3g}")
-    ax.axvline(float(np.median(v)), color="black", linestyle=":",
-               label=f"median {np.median(v):.3g}")
+    ax.axvline(
+        float(np.median(v)), color="black", linestyle=":", label=f"median {np.median(v):.3g}"
+    )
     ax.set_xscale("log")
     ax.legend(loc="best", fontsize=7)
 
@@ -96,16 +113,36 @@ def panels_figure(series: Mapping[str, np.ndarray], panel: Panel, path: Path, ti
     return path
 
 
-def thesis_figures(deepfool: Mapping[str, np.ndarray], random: Mapping[str, np.ndarray],
-                   relative: Mapping[str, np.ndarray], out_dir: Path) -> dict[str, Path]:
+def thesis_figures(
+    deepfool: Mapping[str, np.ndarray],
+    random: Mapping[str, np.ndarray],
+    relative: Mapping[str, np.ndarray],
+    out_dir: Path,
+) -> dict[str, Path]:
     """Figs. 4.3, 5.1, 5.2 and 5.3 for several networks, written into ``out_dir``."""
     return {
-        "fig_4_3": panels_figure(relative, perturbation_panel, out_dir / "fig_4_3_perturbation.png",
-                                 "Fig. 4.3: relative DeepFool perturbation |dx|/|x|"),
-        "fig_5_1": panels_figure(deepfool, kappa_panel, out_dir / "fig_5_1_kappa_deepfool.png",
-                                 "Fig. 5.1: kappa per image, DeepFool perturbations"),
-        "fig_5_2": panels_figure(deepfool, histogram_panel, out_dir / "fig_5_2_kappa_histogram.png",
-                                 "Fig. 5.2: distribution of the images over kappa (DeepFool)"),
-        "fig_5_3": panels_figure(random, kappa_panel, out_dir / "fig_5_3_kappa_random.png",
-                                 "Fig. 5.3: kappa per image, random perturbations"),
+        "fig_4_3": panels_figure(
+            relative,
+            perturbation_panel,
+            out_dir / "fig_4_3_perturbation.png",
+            "Fig. 4.3: relative DeepFool perturbation |dx|/|x|",
+        ),
+        "fig_5_1": panels_figure(
+            deepfool,
+            kappa_panel,
+            out_dir / "fig_5_1_kappa_deepfool.png",
+            "Fig. 5.1: kappa per image, DeepFool perturbations",
+        ),
+        "fig_5_2": panels_figure(
+            deepfool,
+            histogram_panel,
+            out_dir / "fig_5_2_kappa_histogram.png",
+            "Fig. 5.2: distribution of the images over kappa (DeepFool)",
+        ),
+        "fig_5_3": panels_figure(
+            random,
+            kappa_panel,
+            out_dir / "fig_5_3_kappa_random.png",
+            "Fig. 5.3: kappa per image, random perturbations",
+        ),
     }
