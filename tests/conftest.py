@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from hypothesis import settings
 
@@ -61,3 +63,24 @@ def cat_network() -> Network:
     return Network(
         [Node("fc", Affine(w, b), (INPUT,)), Node("out", Sigmoid(), ("fc",))], (2,), head="out"
     )
+
+
+def exact_local_2layer(net: Network, x: np.ndarray, delta: float, relu: bool) -> float:
+    """Exact max over the parameter box of |sigmoid(z2) change| for a 2-h-1 net at ``x``.
+
+    Each hidden unit has its own parameters, so the maximum separates: unit j's value ranges
+    over ``act([pre_j - r, pre_j + r])`` with ``r = delta (|x|_1 + 1)`` and its outgoing weight
+    over ``[w_j - delta, w_j + delta]``; their product is extreme at a corner.
+    """
+    p = {k: v.numpy() for k, v in net.param_tensors().items()}
+    w1, b1, w2, b2 = p["fc0.weight"], p["fc0.bias"], p["fc1.weight"][0], float(p["fc1.bias"][0])
+    pre = w1 @ x + b1
+    r = delta * (np.abs(x).sum() + 1)
+    act = (lambda v: np.maximum(v, 0)) if relu else (lambda v: v)
+    a_lo, a_hi = act(pre - r), act(pre + r)
+    corners = np.stack([(w2 + s * delta) * a for s in (-1, 1) for a in (a_lo, a_hi)])
+    z_max = b2 + delta + corners.max(0).sum()
+    z_min = b2 - delta + corners.min(0).sum()
+    z0 = w2 @ act(pre) + b2
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    return max(sig(z_max) - sig(z0), sig(z0) - sig(z_min))

@@ -4,7 +4,6 @@ way."""
 
 from __future__ import annotations
 
-import math
 from fractions import Fraction
 
 import hypothesis.strategies as st
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from hypothesis import given, settings
 
-from conftest import ACTIVATIONS, cat_network, mlp
+from conftest import ACTIVATIONS, cat_network, exact_local_2layer, mlp
 from quantcert.analyses.epsilon import Budget, epsilon, input_box
 from quantcert.engines import perturbation
 from quantcert.engines.attack import difference_objective, search
@@ -61,27 +60,6 @@ def test_no_sample_or_attack_beats_the_bound(
     assert all(w.value <= float(upper[0, k]) for k, w in enumerate(attacked))
 
 
-def _exact_local_2layer(net: Network, x: np.ndarray, delta: float, relu: bool) -> float:
-    """Exact max over the parameter box of |sigmoid(z2) change| for a 2-h-1 net at ``x``.
-
-    Each hidden unit has its own parameters, so the maximum separates: unit j's value ranges
-    over ``act([pre_j - r, pre_j + r])`` with ``r = delta (|x|_1 + 1)`` and its outgoing weight
-    over ``[w_j - delta, w_j + delta]``; their product is extreme at a corner.
-    """
-    p = {k: v.numpy() for k, v in net.param_tensors().items()}
-    w1, b1, w2, b2 = p["fc0.weight"], p["fc0.bias"], p["fc1.weight"][0], float(p["fc1.bias"][0])
-    pre = w1 @ x + b1
-    r = delta * (np.abs(x).sum() + 1)
-    act = (lambda v: np.maximum(v, 0)) if relu else (lambda v: v)
-    a_lo, a_hi = act(pre - r), act(pre + r)
-    corners = np.stack([(w2 + s * delta) * a for s in (-1, 1) for a in (a_lo, a_hi)])
-    z_max = b2 + delta + corners.max(0).sum()
-    z_min = b2 - delta + corners.min(0).sum()
-    z0 = w2 @ act(pre) + b2
-    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
-    return max(sig(z_max) - sig(z0), sig(z0) - sig(z_min))
-
-
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 1000), relu=st.booleans(), delta=st.floats(1e-4, 0.05))
 def test_local_epsilon_contains_the_exact_two_layer_value(
@@ -90,7 +68,7 @@ def test_local_epsilon_contains_the_exact_two_layer_value(
     net = mlp([2, 3, 1], "relu" if relu else "identity", seed=seed, head=True, scale=2.0)
     x = np.random.default_rng(seed).uniform(-1, 1, 2)
     res = epsilon(net, perturbation.absolute(net, delta), input_box(net, x, x), Budget(gap=1e-6))
-    exact = _exact_local_2layer(net, x, delta, relu)
+    exact = exact_local_2layer(net, x, delta, relu)
     assert res.overall.lower <= exact + 1e-12 <= res.overall.upper + 2e-12
     assert res.overall.lower >= exact - 1e-9  # the witness finds the corner
 
@@ -106,7 +84,7 @@ def test_global_epsilon_closes_the_gap_on_a_two_layer_net() -> None:
     )
     grid = np.linspace(-1, 1, 121)
     reference = max(
-        _exact_local_2layer(net, np.array([a, b]), delta, True) for a in grid for b in grid
+        exact_local_2layer(net, np.array([a, b]), delta, True) for a in grid for b in grid
     )
     assert res.overall.status == "optimal"
     assert res.overall.gap <= 1e-4
@@ -191,7 +169,7 @@ def test_relu_splitting_tightens_soundly(seed: int) -> None:
     box = input_box(net, x, x)
     pert = perturbation.absolute(net, 0.05)
     root = epsilon(net, pert, box, Budget(gap=1e9)).overall
-    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=3)).overall
+    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=1)).overall
     assert split.upper <= root.upper + 1e-12
     assert float(_sampled_max(net, 0.05, box, n=5000).max()) <= split.upper
     assert split.lower <= split.upper

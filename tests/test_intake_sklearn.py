@@ -90,10 +90,11 @@ def test_structure(key: str) -> None:
 
 
 def test_hidden_activations_are_kept() -> None:
-    names = {act: type(from_sklearn(MODELS[f"mlp-{act}-2"]).node("act1").op).__name__
-             for act in ACTIVATIONS}
-    assert names == {"relu": "ReLU", "identity": "Identity", "logistic": "Sigmoid",
-                     "tanh": "Tanh"}
+    names = {
+        act: type(from_sklearn(MODELS[f"mlp-{act}-2"]).node("act1").op).__name__
+        for act in ACTIVATIONS
+    }
+    assert names == {"relu": "ReLU", "identity": "Identity", "logistic": "Sigmoid", "tanh": "Tanh"}
 
 
 def test_joblib_round_trip(tmp_path: Path) -> None:

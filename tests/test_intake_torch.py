@@ -52,8 +52,15 @@ def _check(module: nn.Module, shape: tuple[int, ...], seed: int = 0, batch: int 
 
 
 def _mlp(act: str, head: str | None, n_out: int) -> nn.Sequential:
-    layers = [nn.Linear(5, 7), ACTIVATIONS[act](), nn.Linear(7, 6), nn.BatchNorm1d(6),
-              ACTIVATIONS[act](), nn.Dropout(0.5), nn.Linear(6, n_out)]
+    layers = [
+        nn.Linear(5, 7),
+        ACTIVATIONS[act](),
+        nn.Linear(7, 6),
+        nn.BatchNorm1d(6),
+        ACTIVATIONS[act](),
+        nn.Dropout(0.5),
+        nn.Linear(6, n_out),
+    ]
     if head == "sigmoid":
         layers.append(nn.Sigmoid())
     elif head == "softmax":

@@ -50,9 +50,14 @@ def test_affine_chain_matches_numpy_svd() -> None:
     g = _gen(0)
     w1 = torch.randn(7, 5, generator=g, dtype=DTYPE)
     w2 = torch.randn(3, 7, generator=g, dtype=DTYPE)
-    net = Network([Node("a", Affine(w1, torch.ones(7, dtype=DTYPE)), (INPUT,)),
-                   Node("id", Identity(), ("a",)),
-                   Node("b", Affine(w2), ("id",))], (5,))
+    net = Network(
+        [
+            Node("a", Affine(w1, torch.ones(7, dtype=DTYPE)), (INPUT,)),
+            Node("id", Identity(), ("a",)),
+            Node("b", Affine(w2), ("id",)),
+        ],
+        (5,),
+    )
     s1, s2 = _sigma(w1.numpy()), _sigma(w2.numpy())
     bound = lipschitz_bound(net)
     assert bound.product == pytest.approx(s1 * s2, rel=1e-8)
@@ -75,13 +80,19 @@ CONVS = [
 @pytest.mark.parametrize("cfg", CONVS)
 def test_conv_operator_norm_matches_dense_svd(cfg: dict[str, int]) -> None:
     g = _gen(cfg["size"])
-    w = torch.randn(cfg["c_out"], cfg["c_in"] // cfg["groups"], cfg["k"], cfg["k"],
-                    generator=g, dtype=DTYPE)
-    op = Conv(w, None, (cfg["stride"],) * 2, (cfg["padding"],) * 2, (cfg["dilation"],) * 2,
-              cfg["groups"])
+    w = torch.randn(
+        cfg["c_out"], cfg["c_in"] // cfg["groups"], cfg["k"], cfg["k"], generator=g, dtype=DTYPE
+    )
+    op = Conv(
+        w, None, (cfg["stride"],) * 2, (cfg["padding"],) * 2, (cfg["dilation"],) * 2, cfg["groups"]
+    )
     shape = (cfg["c_in"], cfg["size"], cfg["size"])
-    dense = _dense(lambda x: F.conv2d(x, w, None, cfg["stride"], cfg["padding"],
-                                      cfg["dilation"], cfg["groups"]), shape)
+    dense = _dense(
+        lambda x: F.conv2d(
+            x, w, None, cfg["stride"], cfg["padding"], cfg["dilation"], cfg["groups"]
+        ),
+        shape,
+    )
     true = _sigma(dense)
     norm = layer_norm(Node("c", op, (INPUT,)), (1, *shape), iters=2000)
     assert norm.estimate == pytest.approx(true, rel=1e-6)
@@ -99,18 +110,26 @@ def test_avgpool_norm_matches_dense_svd() -> None:
     assert norm.upper >= true
 
 
-@pytest.mark.parametrize("kernel,stride,padding,size", [
-    (3, 1, 0, 6), (3, 2, 1, 7), (2, 2, 0, 6), (4, 4, 0, 8), (3, 1, 1, 5),
-])
-def test_maxpool_bound_counts_windows_and_is_attained(kernel: int, stride: int, padding: int,
-                                                       size: int) -> None:
+@pytest.mark.parametrize(
+    "kernel,stride,padding,size",
+    [
+        (3, 1, 0, 6),
+        (3, 2, 1, 7),
+        (2, 2, 0, 6),
+        (4, 4, 0, 8),
+        (3, 1, 1, 5),
+    ],
+)
+def test_maxpool_bound_counts_windows_and_is_attained(
+    kernel: int, stride: int, padding: int, size: int
+) -> None:
     op = MaxPool((kernel, kernel), (stride, stride), (padding, padding))
     counts = np.zeros((size, size))  # brute force: windows covering each input
     n_out = (size + 2 * padding - kernel) // stride + 1
     for a in range(n_out):
         for b in range(n_out):
             r0, c0 = a * stride - padding, b * stride - padding
-            counts[max(r0, 0):r0 + kernel, max(c0, 0):c0 + kernel] += 1
+            counts[max(r0, 0) : r0 + kernel, max(c0, 0) : c0 + kernel] += 1
     m = int(counts.max())
     assert maxpool_windows(op, (1, 1, size, size)) == m
     bound = layer_norm(Node("m", op, (INPUT,)), (1, 1, size, size)).upper
@@ -129,9 +148,14 @@ def test_residual_sum_adds_branches_and_scale_uses_max() -> None:
     g = _gen(3)
     a = torch.randn(4, 4, generator=g, dtype=DTYPE)
     scale = torch.tensor([0.5, -3.0, 2.0, 1.0], dtype=DTYPE)
-    net = Network([Node("s", Scale(scale, torch.zeros(4, dtype=DTYPE)), (INPUT,)),
-                   Node("fc", Affine(a), ("s",)),
-                   Node("add", Sum((1.0, 1.0)), ("fc", "s"))], (4,))
+    net = Network(
+        [
+            Node("s", Scale(scale, torch.zeros(4, dtype=DTYPE)), (INPUT,)),
+            Node("fc", Affine(a), ("s",)),
+            Node("add", Sum((1.0, 1.0)), ("fc", "s")),
+        ],
+        (4,),
+    )
     bound = lipschitz_bound(net)
     assert bound.product == pytest.approx(3.0 * (1.0 + _sigma(a.numpy())), rel=1e-8)
     true = _sigma((np.eye(4) + a.numpy()) @ np.diag(scale.numpy()))
@@ -145,11 +169,12 @@ def _random_net(seed: int, residual: bool, pool: str) -> Network:
     def rnd(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g, dtype=DTYPE) / math.sqrt(shape[1] * 2)
 
-    pool_op = (MaxPool((2, 2), (1, 1)) if pool == "max"
-               else AvgPool((2, 2), (2, 2)))
-    nodes = [Node("c1", Conv(rnd(3, 1, 3, 3), rnd(3, 3)[0], padding=(1, 1)), (INPUT,)),
-             Node("r1", ReLU(), ("c1",)),
-             Node("c2", Conv(rnd(3, 3, 3, 3), None, padding=(1, 1)), ("r1",))]
+    pool_op = MaxPool((2, 2), (1, 1)) if pool == "max" else AvgPool((2, 2), (2, 2))
+    nodes = [
+        Node("c1", Conv(rnd(3, 1, 3, 3), rnd(3, 3)[0], padding=(1, 1)), (INPUT,)),
+        Node("r1", ReLU(), ("c1",)),
+        Node("c2", Conv(rnd(3, 3, 3, 3), None, padding=(1, 1)), ("r1",)),
+    ]
     last = "c2"
     if residual:
         nodes.append(Node("add", Sum((1.0, 1.0)), ("c2", "r1")))
@@ -176,10 +201,15 @@ def _ascent(net: Network, x: torch.Tensor, d: torch.Tensor, steps: int) -> float
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), residual=st.booleans(), pool=st.sampled_from(["max", "avg"]),
-       scale=st.sampled_from([1e-3, 0.1, 1.0]))
-def test_bound_never_beaten_by_sampled_perturbations(seed: int, residual: bool, pool: str,
-                                                     scale: float) -> None:
+@given(
+    seed=st.integers(0, 10_000),
+    residual=st.booleans(),
+    pool=st.sampled_from(["max", "avg"]),
+    scale=st.sampled_from([1e-3, 0.1, 1.0]),
+)
+def test_bound_never_beaten_by_sampled_perturbations(
+    seed: int, residual: bool, pool: str, scale: float
+) -> None:
     net = _random_net(seed, residual, pool)
     bound = lipschitz_bound(net, iters=200)
     assert bound.eq_3_8 >= bound.product

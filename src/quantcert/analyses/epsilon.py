@@ -23,7 +23,7 @@ from quantcert.engines.attack import (
 from quantcert.engines.bab import BabOutcome, maximise
 from quantcert.engines.bounds import Method, Radii, bound_spec, engine_threads
 from quantcert.engines.pair import difference_network, pair_radii
-from quantcert.engines.param_split import SPLIT_LIMIT, JointSearch, choose_parameters
+from quantcert.engines.param_split import JointSearch, choose_parameters, splits_parameters
 from quantcert.engines.perturbation import Perturbation
 from quantcert.engines.relu_split import SplitOutcome, maximise_over_splits, relu_inputs
 from quantcert.network import Network
@@ -132,13 +132,11 @@ def _first_witnesses(q: _Query, n_out: int) -> list[Witness]:
     small = q.pert.count * n_out < 200_000  # large nets: one start per column, fewer steps
     # Few perturbed parameters: many cheap restarts (random corners of the parameter box).
     # (Measured on 2-4-4-1 nets: 32 restarts miss the best corner for some seeds, 128 not.)
-    restarts = (
-        min(128, max(4, 4096 // columns)) if _splits_parameters(q.pert) else 4 if small else 1
-    )
+    restarts = min(128, max(4, 4096 // columns)) if splits_parameters(q.pert) else 4 if small else 1
     found = search(
         q.net, q.pert, q.box, q.objective, columns, restarts=restarts, steps=30 if small else 6
     )
-    if not _splits_parameters(q.pert):
+    if not splits_parameters(q.pert):
         return found
     return [polish(q.net, q.pert, q.box, q.objective, w, k) for k, w in enumerate(found)]
 
@@ -151,7 +149,7 @@ def _local(q: _Query, best: Witness, upper: float) -> Certificate:
         split = _split_relus(q, lower)
         upper = max(min(upper, split.upper), lower)
         status = "optimal" if upper - lower <= gap else split.status
-    if status != "optimal" and _splits_parameters(q.pert):
+    if status != "optimal" and splits_parameters(q.pert):
         joint = _joint(q, best)
         best = joint.witness if joint.lower > lower else best
         lower, upper = max(lower, joint.lower), max(min(upper, joint.upper), joint.lower)
@@ -163,7 +161,7 @@ def _global(q: _Query, best: Witness) -> Certificate:
     """Over an input box: split the input box; where that runs out of boxes and few
     parameters are perturbed, split inputs and parameters together (cross-layer products of
     perturbed weights leave a gap that input splits alone cannot close)."""
-    joint_next = _splits_parameters(q.pert)
+    joint_next = splits_parameters(q.pert)
     out = _split_inputs(q, best, max_boxes=20_000 if joint_next else 200_000)
     if out.status != "exhausted" or not joint_next:
         return q.certificate(out.lower, out.upper, out.status, out.witness)
@@ -182,11 +180,6 @@ def _split_relus(q: _Query, lower: float) -> SplitOutcome:
         return upper.max(1).values, bounds
 
     return maximise_over_splits(q.pair, bound, q.box, lower, q.budget.gap, q.deadline)
-
-
-def _splits_parameters(pert: Perturbation) -> bool:
-    """Small perturbation sets are split as coordinates of the branch-and-bound box."""
-    return 0 < pert.count <= SPLIT_LIMIT
 
 
 def _joint(q: _Query, start: Witness) -> BabOutcome:

@@ -10,6 +10,7 @@ upper bound of ``g`` is negative, ``falsified`` when a witness really changes th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -20,8 +21,9 @@ from torch import Tensor
 from quantcert.analyses.epsilon import Budget, _record
 from quantcert.engines.attack import Objective, Witness, search
 from quantcert.engines.bab import maximise
-from quantcert.engines.bounds import bound_spec, engine_threads
+from quantcert.engines.bounds import Radii, bound_spec, engine_threads
 from quantcert.engines.pair import NOMINAL, PERTURBED, difference_network, pair_radii
+from quantcert.engines.param_split import JointSearch, choose_parameters, splits_parameters
 from quantcert.engines.perturbation import Perturbation
 from quantcert.errors import InputError
 from quantcert.network import Network
@@ -145,14 +147,11 @@ def _flip(
     if k < 1:
         raise InputError("flip needs a network whose logits are a vector")
     spec = _pair_specs(k)
+    nominal, perturbed = NOMINAL + net.logits_node, PERTURBED + net.logits_node
 
     def bound(boxes: Box) -> Tensor:
-        u_n, _ = bound_spec(
-            pair, boxes, radii, spec, budget.method, target=NOMINAL + net.logits_node
-        )
-        u_p, _ = bound_spec(
-            pair, boxes, radii, spec, budget.method, target=PERTURBED + net.logits_node
-        )
+        u_n, _ = bound_spec(pair, boxes, radii, spec, budget.method, target=nominal)
+        u_p, _ = bound_spec(pair, boxes, radii, spec, budget.method, target=perturbed)
         return _score_upper(u_n, u_p, k, t)
 
     score, objective = score_objective(net, t), search_objective(net, t)
@@ -164,15 +163,41 @@ def _flip(
         rescored = [_rescore(net, score, w) for w in found]
         return max(rescored, key=lambda w: w.value)
 
+    def decided(lo: float, up: float) -> bool:
+        return lo > 0 or up < 0
+
+    deadline = start + budget.timeout
+    joint_next = splits_parameters(pert)
     out = maximise(
         bound,
         attack,
         box,
         0.0,
-        start + budget.timeout,
-        decided=lambda lo, up: lo > 0 or up < 0,
+        deadline,
+        max_boxes=20_000 if joint_next else 200_000,
+        decided=decided,
         progress=budget.progress,
     )
+    if out.status == "exhausted" and joint_next and not decided(out.lower, out.upper):
+        # Input splits ran out (always so at a point): split the parameters too.
+
+        def bound_pair(moved: Network, boxes: Box, moved_radii: Radii) -> Tensor:
+            u_n, _ = bound_spec(moved, boxes, moved_radii, spec, budget.method, target=nominal)
+            u_p, _ = bound_spec(moved, boxes, moved_radii, spec, budget.method, target=perturbed)
+            return _score_upper(u_n, u_p, k, t)
+
+        space = JointSearch(
+            choose_parameters(net, pert),
+            pair,
+            radii,
+            bound_pair,
+            objective,
+            2,
+            rescore=lambda w: _rescore(net, score, w),
+        )
+        joint = space.maximise(box, out.witness, 0.0, deadline, decided, budget.progress)
+        out = joint if joint.lower >= out.lower else out
+        out = dataclasses.replace(out, upper=min(out.upper, joint.upper))
     w = out.witness
     params = {name: v.unsqueeze(0) for name, v in w.params.items()}
     x = w.x.unsqueeze(0)

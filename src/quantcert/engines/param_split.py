@@ -35,6 +35,11 @@ SPLIT_LIMIT = 512
 BATCH_ELEMENTS = 4_000_000
 
 
+def splits_parameters(pert: Perturbation) -> bool:
+    """Small perturbation sets are split as coordinates of the branch-and-bound box."""
+    return 0 < pert.count <= SPLIT_LIMIT
+
+
 @dataclass(frozen=True)
 class JointLayout:
     """The flat joint coordinates: the input (``n_x`` values), then the chosen parameters.
