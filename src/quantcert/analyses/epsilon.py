@@ -130,9 +130,12 @@ def _first_witnesses(q: _Query, n_out: int) -> list[Witness]:
     """The best witness per objective column from a search over the whole box."""
     columns = 2 * n_out
     small = q.pert.count * n_out < 200_000  # large nets: one start per column, fewer steps
-    # Few perturbed parameters: many cheap restarts (random corners of the parameter box).
-    # (Measured on 2-4-4-1 nets: 32 restarts miss the best corner for some seeds, 128 not.)
-    restarts = min(128, max(4, 4096 // columns)) if splits_parameters(q.pert) else 4 if small else 1
+    restarts = 4 if small else 1
+    if splits_parameters(q.pert):
+        # Few perturbed parameters: many cheap restarts (random corners of the parameter box),
+        # no more than there are corners. (Measured on 2-4-4-1 nets: 32 restarts miss the
+        # best corner for some seeds, 128 do not.)
+        restarts = max(4, min(128, 4096 // columns, 2 ** min(q.pert.count, 7)))
     found = search(
         q.net, q.pert, q.box, q.objective, columns, restarts=restarts, steps=30 if small else 6
     )
