@@ -51,6 +51,7 @@ def test_epsilon_json_has_the_contract_keys(tmp_path: Path) -> None:
         (("epsilon", SMALL, "--delta", "0.1"), "--at"),
         (("flip", SMALL, "--delta", "0.1", "--at", "nan"), ""),
         (("info", str(Path(__file__))), "format"),
+        (("epsilon", SMALL, "--delta", "0.1", "--at", "0.5", "--device", "tpu"), "--device"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], needle: str) -> None:

@@ -63,6 +63,9 @@ DomainOpt = Annotated[
 GapOpt = Annotated[float, typer.Option("--gap", help="Stop when upper - lower <= GAP")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Time budget in seconds")]
 MethodOpt = Annotated[str, typer.Option("--method", help="Bounds: crown or ibp")]
+DeviceOpt = Annotated[
+    str, typer.Option("--device", help="auto (a GPU for nets of 100k+ parameters), cpu, cuda")
+]
 LevelOpt = Annotated[float | None, typer.Option(help="Decision level (sigmoid: 0.5)")]
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="quantcert (bounds + B&B) or exact (SCIP, small nets)")
@@ -121,9 +124,12 @@ def _engine(name: str) -> str:
     return name
 
 
-def _budget(gap: float, timeout: float, method: str) -> Any:
+def _budget(gap: float, timeout: float, method: str, device: str = "auto") -> Any:
     from quantcert.analyses.epsilon import Budget
+    from quantcert.engines.device import DEVICES
 
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise InputError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}")
     if method not in ("crown", "ibp"):
         raise InputError(f"--method must be crown or ibp, got {method!r}")
     if not gap >= 0 or not timeout > 0:
@@ -131,7 +137,7 @@ def _budget(gap: float, timeout: float, method: str) -> Any:
     from quantcert.report.progress import BoundsProgress
 
     progress = BoundsProgress("branch and bound")
-    return Budget(gap=gap, timeout=timeout, method=method, progress=progress)  # type: ignore[arg-type]
+    return Budget(gap=gap, timeout=timeout, method=method, progress=progress, device=device)  # type: ignore[arg-type]
 
 
 def _emit_query(result: Any, json_target: str | None, budget: Any = None) -> None:
@@ -165,11 +171,12 @@ def epsilon(
     timeout: TimeoutOpt = 60.0,
     method: MethodOpt = "crown",
     engine: EngineOpt = "quantcert",
+    device: DeviceOpt = "auto",
     json: JsonOpt = None,
 ) -> None:
     """Largest output change |f_theta(x) - f_theta0(x)| (seed 000 Defs. 1-2)."""
     net, pert, box = _query_setup(model, delta, relative, select, at, domain)
-    budget = _budget(gap, timeout, method)
+    budget = _budget(gap, timeout, method, device)
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import epsilon_exact
 
@@ -192,11 +199,12 @@ def flip(
     method: MethodOpt = "crown",
     level: LevelOpt = None,
     engine: EngineOpt = "quantcert",
+    device: DeviceOpt = "auto",
     json: JsonOpt = None,
 ) -> None:
     """Can a parameter setting in the box change the label? (seed 000 Defs. 3-4)."""
     net, pert, box = _query_setup(model, delta, relative, select, at, domain)
-    budget = _budget(0.0, timeout, method)
+    budget = _budget(0.0, timeout, method, device)
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import flip_exact
 

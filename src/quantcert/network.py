@@ -97,6 +97,11 @@ class Network(torch.nn.Module):
         ]
         return Network(nodes, self.input_shape, self.head, self.name)
 
+    def to_device(self, device: torch.device) -> Network:
+        """The same graph with every op's tensors on ``device``."""
+        nodes = [Node(n.name, n.op.to(device), n.inputs) for n in self.nodes]
+        return Network(nodes, self.input_shape, self.head, self.name)
+
     def num_params(self) -> int:
         return sum(int(t.numel()) for t in self.param_tensors().values())
 

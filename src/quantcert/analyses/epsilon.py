@@ -22,6 +22,7 @@ from quantcert.engines.attack import (
 )
 from quantcert.engines.bab import BabOutcome, maximise
 from quantcert.engines.bounds import Method, Radii, bound_spec, engine_threads
+from quantcert.engines.device import pick_device, placed
 from quantcert.engines.pair import difference_network, pair_radii
 from quantcert.engines.param_split import JointSearch, choose_parameters, splits_parameters
 from quantcert.engines.perturbation import Perturbation
@@ -39,6 +40,7 @@ class Budget:
     timeout: float = 60.0
     method: Method = "crown"
     progress: Callable[[float, float, int], None] | None = None
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N" (engines/device.py)
 
 
 def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
@@ -51,14 +53,17 @@ def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
 
 
 def _record(net: Network, w: Witness) -> WitnessRecord:
-    offsets = {k: v.numpy() for k, v in w.offsets(net).items()}
-    return WitnessRecord(w.x.numpy(), offsets, w.value)
+    offsets = {k: v.cpu().numpy() for k, v in w.offsets(net).items()}
+    return WitnessRecord(w.x.cpu().numpy(), offsets, w.value)
 
 
 def epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget = Budget()) -> QueryResult:
     """Bound ``max |f_theta(x) - f_theta0(x)|`` for x in ``box`` (a point when lo == hi)."""
-    with engine_threads(net):
-        return _epsilon(net, pert, box, budget)
+    device = pick_device(budget.device, net.num_params())
+    with engine_threads(net), placed(device):
+        if device.type == "cpu":
+            return _epsilon(net, pert, box, budget)
+        return _epsilon(net.to_device(device), pert.to(device), box.to(device), budget)
 
 
 @dataclass(frozen=True)
@@ -262,11 +267,19 @@ class LocalEpsilons:
 
 
 def local_epsilons(
-    net: Network, pert: Perturbation, points: np.ndarray, method: Method = "crown", steps: int = 20
+    net: Network,
+    pert: Perturbation,
+    points: np.ndarray,
+    method: Method = "crown",
+    steps: int = 20,
+    device: str = "auto",
 ) -> LocalEpsilons:
     """Batched Def. 1 at each row of ``points`` (N, *input_shape): one bound pass for all
     points, and a per-point witness search over the parameter box."""
-    with engine_threads(net):
+    where = pick_device(device, net.num_params())
+    with engine_threads(net), placed(where):
+        if where.type != "cpu":
+            net, pert = net.to_device(where), pert.to(where)
         return _local_epsilons(net, pert, points, method, steps)
 
 
@@ -281,10 +294,11 @@ def _local_epsilons(
     upper, _ = bound_spec(pair, Box(x, x), pair_radii(pert, pair), torch.cat([eye, -eye]), method)
     eps_upper = upper.max(1).values
     best, offsets = _point_witnesses(net, pert, x, steps)
+    best, eps_upper = best.cpu(), eps_upper.cpu()
     return LocalEpsilons(
         best.numpy(),
         np.maximum(eps_upper.numpy(), best.numpy()),
-        x.numpy(),
+        x.cpu().numpy(),
         offsets,
         time.perf_counter() - start,
     )
@@ -307,5 +321,5 @@ def _point_witnesses(
     values, params = found
     pick = torch.where(values[:n] >= values[n:], torch.arange(n), torch.arange(n) + n)
     nominal = net.param_tensors()
-    offsets = {k: (v[pick] - nominal[k]).numpy() for k, v in params.items()}
+    offsets = {k: (v[pick] - nominal[k]).cpu().numpy() for k, v in params.items()}
     return values[pick], offsets

@@ -22,6 +22,7 @@ from quantcert.analyses.epsilon import Budget, _record
 from quantcert.engines.attack import Objective, Witness, search
 from quantcert.engines.bab import maximise
 from quantcert.engines.bounds import Radii, bound_spec, engine_threads
+from quantcert.engines.device import pick_device, placed
 from quantcert.engines.pair import NOMINAL, PERTURBED, difference_network, pair_radii
 from quantcert.engines.param_split import JointSearch, choose_parameters, splits_parameters
 from quantcert.engines.perturbation import Perturbation
@@ -132,8 +133,11 @@ def flip(
     level: float | None = None,
 ) -> QueryResult:
     """Def. 3 at a point (``box.lo == box.hi``), Def. 4 over an input box."""
-    with engine_threads(net):
-        return _flip(net, pert, box, budget, level)
+    device = pick_device(budget.device, net.num_params())
+    with engine_threads(net), placed(device):
+        if device.type == "cpu":
+            return _flip(net, pert, box, budget, level)
+        return _flip(net.to_device(device), pert.to(device), box.to(device), budget, level)
 
 
 def _flip(

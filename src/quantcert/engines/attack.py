@@ -54,7 +54,7 @@ def search(
     box is its centre with the nominal parameters, or with ``warm`` (a parameter setting
     found before) when given. ``param_box`` narrows some tensors to one sub-box per input box
     (limits (B, *shape), inside the perturbation set). Returns the best witness per column."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=box.lo.device).manual_seed(seed)
     b = box.lo.shape[0]
     n = b * columns * restarts
     which = torch.arange(n) // (columns * restarts)

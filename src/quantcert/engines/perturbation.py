@@ -26,6 +26,9 @@ class Perturbation:
         prefix = node + "."
         return {k[len(prefix) :]: v for k, v in self.radius.items() if k.startswith(prefix)}
 
+    def to(self, device: torch.device) -> Perturbation:
+        return Perturbation({k: v.to(device) for k, v in self.radius.items()}, self.description)
+
     @property
     def count(self) -> int:
         return sum(int((r > 0).sum()) for r in self.radius.values())

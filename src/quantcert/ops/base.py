@@ -63,6 +63,9 @@ class Box:
     def point(x: Tensor) -> Box:
         return Box(x, x)
 
+    def to(self, device: torch.device) -> Box:
+        return Box(self.lo.to(device), self.hi.to(device))
+
 
 def outward(lo: Tensor, hi: Tensor, magnitude: Tensor) -> Box:
     """Widen ``[lo, hi]`` by the stated float64 rounding margin of a sum of ``magnitude``."""
@@ -122,6 +125,17 @@ class Op:
         values may be batched ``(B, *shape)``."""
         clone = copy.copy(self)
         clone.params = {**self.params, **params}
+        return clone
+
+    def to(self, device: torch.device) -> Op:
+        """A shallow copy with every tensor it holds (parameters and constants) on
+        ``device``."""
+        clone = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor):
+                setattr(clone, name, value.to(device))
+            elif isinstance(value, dict) and all(isinstance(v, Tensor) for v in value.values()):
+                setattr(clone, name, {k: v.to(device) for k, v in value.items()})
         return clone
 
     def describe(self) -> str:
