@@ -157,7 +157,7 @@ def _local(q: _Query, best: Witness, upper: float) -> Certificate:
         split = _split_relus(q, lower)
         upper = max(min(upper, split.upper), lower)
         status = "optimal" if upper - lower <= gap else split.status
-    if status != "optimal" and splits_parameters(q.pert):
+    if status == "bounded" and splits_parameters(q.pert):  # not after a timeout or Ctrl-C
         joint = _joint(q, best)
         best = joint.witness if joint.lower > lower else best
         lower, upper = max(lower, joint.lower), max(min(upper, joint.upper), joint.lower)
