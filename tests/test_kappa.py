@@ -307,3 +307,32 @@ def test_interrupted_thesis_keeps_finished_networks(
     assert doc["settings"]["interrupted"] is True
     assert list(doc["networks"]) == calls
     assert "Interrupted" in (tmp_path / "report.md").read_text()
+
+
+def test_interrupted_kappa_keeps_the_finished_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcert.analyses import kappa as kappa_module
+
+    net = load(MLP)
+    data = load_images(MNIST, net.input_shape, 12)
+    real = kappa_module._measure_chunk
+    calls: list[int] = []
+
+    def chunk_then_interrupt(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kappa_module, "chunk_size", lambda net, classes=10: 5)
+    monkeypatch.setattr(kappa_module, "_measure_chunk", chunk_then_interrupt)
+    res = kappa(net, data.images, data.labels, progress=False)
+    assert res.images == 10 and res.extra["interrupted"] is True
+    monkeypatch.setattr(kappa_module, "_measure_chunk", real)
+    full = kappa(net, data.images[:10], data.labels[:10], progress=False)
+    np.testing.assert_array_equal(res.kappa, full.kappa[:10])
+    calls.clear()
+    monkeypatch.setattr(
+        kappa_module, "_measure_chunk", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        kappa(net, data.images, data.labels, progress=False)

@@ -22,6 +22,7 @@ certified kappa, status ``certified``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -108,6 +109,7 @@ class Measurement:
     predicted: np.ndarray
     iterations: np.ndarray
     witnesses: dict[str, KappaWitness | None]
+    interrupted: bool = False  # Ctrl-C: the arrays hold the images finished before it
 
 
 @dataclass
@@ -202,8 +204,11 @@ def chunk_size(net: Network, classes: int = 10) -> int:
 def measure(
     net: Network, images: Tensor, draws: int = 10, seed: int = 0, progress: bool = True
 ) -> Measurement:
-    """DeepFool and random perturbations (``draws`` per image) for ``images`` (N, *shape)."""
+    """DeepFool and random perturbations (``draws`` per image) for ``images`` (N, *shape).
+    Ctrl-C keeps the chunks already finished (``interrupted``); with none finished it
+    propagates."""
     gen = torch.Generator().manual_seed(seed)
+    interrupted = False
     best = {"deepfool": _Best(), "random": _Best()}
     parts: list[dict[str, Tensor]] = []
     step = chunk_size(net)
@@ -214,12 +219,18 @@ def measure(
         disable=not progress,
         unit="img",
     ) as bar:
-        for start in range(0, len(images), step):
-            x = images[start : start + step].to(DTYPE)
-            parts.append(_measure_chunk(net, x, draws, gen, best, start))
-            bar.update(len(x))
+        try:
+            for start in range(0, len(images), step):
+                x = images[start : start + step].to(DTYPE)
+                parts.append(_measure_chunk(net, x, draws, gen, best, start))
+                bar.update(len(x))
+        except KeyboardInterrupt:
+            if not parts:
+                raise
+            interrupted = True
     cat = {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
-    return Measurement(**cat, witnesses={k: b.witness for k, b in best.items()})
+    witnesses = {k: b.witness for k, b in best.items()}
+    return Measurement(**cat, witnesses=witnesses, interrupted=interrupted)
 
 
 @dataclass(frozen=True)
@@ -432,4 +443,11 @@ def kappa(
 
         return certified_result(net, x, lab, bound, seed, progress)
     m = None if method == "analytic" else measure(net, x, draws, seed, progress)
-    return result_for(net, method, m, x, lab, bound, time.perf_counter() - start, draws)
+    if m is not None and m.interrupted:
+        done = len(m.deepfool_kappa)
+        print(f"interrupted: kept the {done} of {len(x)} images finished", file=sys.stderr)
+        x, lab = x[:done], None if lab is None else lab[:done]
+    result = result_for(net, method, m, x, lab, bound, time.perf_counter() - start, draws)
+    if m is not None and m.interrupted:
+        result = dataclasses.replace(result, extra={**result.extra, "interrupted": True})
+    return result
