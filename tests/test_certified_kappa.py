@@ -193,3 +193,26 @@ def test_measured_kappa_is_below_certified_kappa_on_mnist_net_256x2() -> None:
     assert d["certified"]["violations"] == 0 and d["status"] == "certified"
     assert len(d["per_image"]["certified_kappa"]) == 12
     assert "measured <= certified on all 12 images: yes" in res.to_text()
+
+
+def test_certified_kappa_at_a_chosen_radius_is_not_beaten() -> None:
+    """``radius``: every image's ball has that L2 radius; random perturbations of that norm
+    (and the ascent) never exceed the certified kappa."""
+    from quantcert.analyses.kappa import kappa_of
+
+    net = load(MLP)
+    data = load_images(MNIST, net.input_shape, 4)
+    res = kappa(net, data.images, None, method="certified", progress=False, radius=0.5)
+    cert = res.certified
+    assert cert is not None and np.all(cert.radius == 0.5)
+    x = torch.as_tensor(data.images, dtype=DTYPE).reshape(4, *net.input_shape)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        dx = torch.randn(x.shape, generator=gen, dtype=DTYPE)
+        dx = 0.5 * dx / dx.flatten(1).norm(dim=1).reshape(-1, *[1] * (x.dim() - 1))
+        k, _ = kappa_of(net, x, dx)
+        assert bool((k.numpy() <= cert.kappa).all())
+    assert (cert.ascent_kappa <= cert.kappa).all()
+    for method, radius in (("deepfool", 0.5), ("certified", 0.0), ("certified", -1.0)):
+        with pytest.raises(InputError, match="--radius"):
+            kappa(net, data.images, None, method=method, progress=False, radius=radius)

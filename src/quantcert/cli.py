@@ -244,6 +244,12 @@ def kappa(
     per_layer: Annotated[
         bool, typer.Option("--per-layer", help="Also kappa from each layer's output on")
     ] = False,
+    radius: Annotated[
+        float | None,
+        typer.Option(
+            "--radius", help="certified: one L2 radius for all images (default: DeepFool's)"
+        ),
+    ] = None,
     json: JsonOpt = None,
 ) -> None:
     """Condition number kappa and the input bits it implies (seed 003)."""
@@ -251,7 +257,7 @@ def kappa(
 
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
-    kappa_command(model, data, method, limit, json, per_layer)
+    kappa_command(model, data, method, limit, json, per_layer, radius)
 
 
 @app.command()

@@ -274,12 +274,16 @@ def certified_result(
     bound: LipschitzBound,
     seed: int = 0,
     progress: bool = True,
+    radius: float | None = None,
 ) -> KappaResult:
     """DeepFool's kappa (measured, the lower bound) and the certified kappa per image at the
-    radius of its DeepFool perturbation (the upper bound: the largest over the images)."""
+    radius of its DeepFool perturbation, or at ``radius`` (L2) for every image when given
+    (the upper bound: the largest over the images)."""
     start = time.perf_counter()
     m = measure(net, images, 0, seed, progress)
-    cert = certified_kappa(net, images, m.dx_norm, lipschitz=bound.product, progress=progress)
+    images = images[: len(m.dx_norm)]  # fewer after Ctrl-C
+    radii = m.dx_norm if radius is None else np.full(len(m.dx_norm), radius)
+    cert = certified_kappa(net, images, radii, lipschitz=bound.product, progress=progress)
     base = result_for(net, "deepfool", m, images, labels, bound, 0.0, 0)
     finite = cert.kappa[np.isfinite(cert.kappa)]
     return dataclasses.replace(

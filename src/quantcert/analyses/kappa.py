@@ -419,13 +419,17 @@ def kappa(
     progress: bool = True,
     draws: int = 10,
     seed: int = 0,
+    radius: float | None = None,
 ) -> KappaResult:
     """Seed 003's kappa of ``net`` over ``images`` (N, ...) float64, each image reshaped to
     ``net.input_shape`` (so 28x28 images feed a (784, 1) input); at most ``limit`` images,
     ``draws`` random directions per image for ``random``; tqdm progress on stderr.
-    ``certified`` adds the bound engine's certified kappa per image (``certified_result``)."""
+    ``certified`` adds the bound engine's certified kappa per image (``certified_result``), at
+    each image's DeepFool radius or at the L2 ``radius`` given."""
     if method not in METHODS:
         raise InputError(f"unknown kappa method {method!r}: use {', '.join(METHODS)}")
+    if radius is not None and (method != "certified" or not 0 < radius < math.inf):
+        raise InputError(f"--radius needs --method certified and a radius > 0, got {radius}")
     x = torch.as_tensor(images, dtype=DTYPE)[:limit]
     if x.dim() < 1 or math.prod(x.shape[1:]) != math.prod(net.input_shape):
         raise InputError(
@@ -441,7 +445,7 @@ def kappa(
     if method == "certified":
         from quantcert.analyses.certified_kappa import certified_result
 
-        return certified_result(net, x, lab, bound, seed, progress)
+        return certified_result(net, x, lab, bound, seed, progress, radius)
     m = None if method == "analytic" else measure(net, x, draws, seed, progress)
     if m is not None and m.interrupted:
         done = len(m.deepfool_kappa)

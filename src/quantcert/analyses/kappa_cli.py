@@ -28,6 +28,7 @@ def kappa_command(
     limit: int | None,
     json_target: str | None,
     per_layer: bool = False,
+    radius: float | None = None,
 ) -> None:
     """Measure kappa of ``model`` on the images in ``data`` (``.npz``, ``.vnnlib`` or a folder
     of ``.vnnlib`` files); print a table, or write JSON to ``json_target`` (``-``: stdout).
@@ -35,9 +36,11 @@ def kappa_command(
     DeepFool run per layer over the same images: keep ``limit`` small)."""
     if method not in METHODS:
         raise InputError(f"unknown kappa method {method!r}: use {', '.join(METHODS)}")
+    if radius is not None and (method != "certified" or not 0 < radius < float("inf")):
+        raise InputError(f"--radius needs --method certified and a radius > 0, got {radius}")
     net = load(model)
     images = load_images(data, net.input_shape, limit)
-    result = kappa(net, images.images, images.labels, method=method, progress=True)
+    result = kappa(net, images.images, images.labels, method=method, progress=True, radius=radius)
     layers = None
     if per_layer:
         from quantcert.analyses.layer_kappa import layer_kappa
