@@ -8,6 +8,7 @@ from fractions import Fraction
 
 import hypothesis.strategies as st
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 
@@ -173,3 +174,40 @@ def test_relu_splitting_tightens_soundly(seed: int) -> None:
     assert split.upper <= root.upper + 1e-12
     assert float(_sampled_max(net, 0.05, box, n=5000).max()) <= split.upper
     assert split.lower <= split.upper
+
+
+def test_gradient_scores_are_width_times_the_bound_slope() -> None:
+    from quantcert.engines.bab import gradient_scored
+
+    a = torch.tensor([1.0, -2.0, 0.0, 3.0], dtype=DTYPE)
+    b = torch.tensor([0.5, 0.5, 0.0, -1.0], dtype=DTYPE)
+    scored = gradient_scored(lambda boxes: (boxes.hi * a).sum(1) - (boxes.lo * b).sum(1))
+    lo = torch.zeros((2, 4), dtype=DTYPE)
+    hi = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 0.1, 5.0, 0.5]], dtype=DTYPE)
+    upper, score = scored(Box(lo, hi))
+    torch.testing.assert_close(upper, (hi * a).sum(1))
+    expected = (a + b).abs() * hi
+    assert float((score - expected).abs().max()) < 1e-8
+    assert score.argmax(1).tolist() == [3, 0]
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 1000), act=st.sampled_from(["relu", "tanh"]))
+def test_global_eps_over_five_inputs_is_not_beaten(seed: int, act: str) -> None:
+    """Five inputs: splits pick sides by the bound's gradient; sampled and attacked changes
+    stay under the upper bound, and the witness attains the lower one."""
+    net = mlp([5, 8, 2], act, seed=seed)
+    delta = 0.01
+    box = input_box(net, -np.ones(5), np.ones(5))
+    res = epsilon(net, perturbation.absolute(net, delta), box, Budget(gap=1e-3, timeout=5))
+    assert float(_sampled_max(net, delta, box).max()) <= res.overall.upper
+    w = res.overall.witness
+    assert w is not None
+    params = {
+        k: torch.as_tensor(v).unsqueeze(0) + net.param_tensors()[k]
+        for k, v in w.param_offsets.items()
+    }
+    x = torch.as_tensor(w.x).reshape(1, 5)
+    with torch.no_grad():
+        change = float((net(x, params) - net(x)).abs().max())
+    assert change == pytest.approx(res.overall.lower, rel=1e-9, abs=1e-12)

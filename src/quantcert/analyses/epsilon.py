@@ -20,7 +20,7 @@ from quantcert.engines.attack import (
     search,
     search_rows,
 )
-from quantcert.engines.bab import BabOutcome, maximise
+from quantcert.engines.bab import BabOutcome, gradient_scored, maximise
 from quantcert.engines.bounds import Method, Radii, bound_spec, engine_threads
 from quantcert.engines.device import pick_device, placed
 from quantcert.engines.pair import difference_network, pair_radii
@@ -47,8 +47,8 @@ def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
     """One box (batch 1) shaped like the network's input."""
     shape = (1, *net.input_shape)
     return Box(
-        torch.as_tensor(lo, dtype=DTYPE).reshape(shape),
-        torch.as_tensor(hi, dtype=DTYPE).reshape(shape),
+        torch.as_tensor(np.array(lo, dtype=np.float64)).reshape(shape),
+        torch.as_tensor(np.array(hi, dtype=np.float64)).reshape(shape),
     )
 
 
@@ -241,6 +241,9 @@ def _split_inputs(q: _Query, start: Witness, max_boxes: int) -> BabOutcome:
         q.budget.gap,
         q.deadline,
         max_boxes=max_boxes,
+        # Up to three inputs every side is split each round; beyond, the bound's gradient
+        # picks the side (ACAS Xu prop 3 box, 60 s: upper 0.080 instead of 0.103).
+        scored=gradient_scored(bound) if q.box.lo[0].numel() > 3 else None,
         initial=start,
         progress=q.budget.progress,
     )

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from quantcert.analyses.epsilon import Budget, _record
 from quantcert.engines.attack import Objective, Witness, search
-from quantcert.engines.bab import maximise
+from quantcert.engines.bab import gradient_scored, maximise
 from quantcert.engines.bounds import Radii, bound_spec, engine_threads
 from quantcert.engines.device import pick_device, placed
 from quantcert.engines.pair import NOMINAL, PERTURBED, difference_network, pair_radii
@@ -181,6 +181,7 @@ def _flip(
         max_boxes=20_000 if joint_next else 200_000,
         decided=decided,
         progress=budget.progress,
+        scored=gradient_scored(bound) if box.lo[0].numel() > 3 else None,
     )
     if out.status == "exhausted" and joint_next and not decided(out.lower, out.upper):
         # Input splits ran out (always so at a point): split the parameters too.

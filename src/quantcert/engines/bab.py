@@ -113,6 +113,28 @@ def maximise(
     return BabOutcome(best.value, upper, best, status, seen, rounds)
 
 
+def gradient_scored(bound: BoundFn) -> ScoredBoundFn:
+    """``bound`` plus, per box and coordinate, how much the bound depends on the width of
+    that side: ``|d upper / d hi - d upper / d lo| * width``, by autograd through the bound.
+    Splitting the highest-scoring side narrows the bound most, to first order."""
+
+    def scored(boxes: Box) -> tuple[Tensor, Tensor]:
+        lo, hi = boxes.lo.clone().requires_grad_(True), boxes.hi.clone().requires_grad_(True)
+        with torch.enable_grad():
+            upper = bound(Box(lo, hi))
+            g_lo, g_hi = torch.autograd.grad(upper.sum(), [lo, hi], allow_unused=True)
+        zero = torch.zeros_like(lo)
+        g_lo = zero if g_lo is None else g_lo
+        g_hi = zero if g_hi is None else g_hi
+        width = (boxes.hi - boxes.lo).flatten(1)
+        gain = ((g_hi - g_lo).abs().flatten(1)) * width
+        # A tiny share of the relative width breaks ties where the bound is flat everywhere.
+        tie = 1e-9 * width / width.max(1, keepdim=True).values.clamp(min=1e-300)
+        return upper.detach(), (gain + tie).detach()
+
+    return scored
+
+
 def _split(lo: Tensor, hi: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
     """Split each box (rows of lo/hi) at the middle of its highest-scoring sides: all sides
     when there are at most three (2**d children: low-dimensional domains converge in fewer

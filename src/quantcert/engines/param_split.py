@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from quantcert.engines.attack import Objective, Witness, search
-from quantcert.engines.bab import BabOutcome, maximise
+from quantcert.engines.bab import BabOutcome, gradient_scored, maximise
 from quantcert.engines.bounds import Radii
 from quantcert.engines.pair import PERTURBED
 from quantcert.engines.perturbation import Perturbation, inner_limits
@@ -221,24 +221,6 @@ class JointSearch:
 
         return run
 
-    def scored_bound(self, joint: Box) -> tuple[Tensor, Tensor]:
-        """Upper bounds (B,) and, per coordinate, how much the bound depends on the width of
-        that side: ``(d upper / d hi - d upper / d lo) * width``, by autograd through the
-        bound. Splitting the highest-scoring side narrows the bound most (to first order)."""
-        lo, hi = joint.lo.clone().requires_grad_(True), joint.hi.clone().requires_grad_(True)
-        with torch.enable_grad():
-            upper = self.bound(Box(lo, hi))
-            g_lo, g_hi = torch.autograd.grad(upper.sum(), [lo, hi], allow_unused=True)
-        zero = torch.zeros_like(lo)
-        g_lo = zero if g_lo is None else g_lo
-        g_hi = zero if g_hi is None else g_hi
-        width = joint.hi - joint.lo
-        # A tiny share of the width breaks ties where the bound is flat in every side.
-        score = (g_hi - g_lo).abs() * width + 1e-9 * width / width.max(
-            1, keepdim=True
-        ).values.clamp(min=1e-300)
-        return upper.detach(), score.detach()
-
     def maximise(
         self,
         box: Box,
@@ -261,5 +243,5 @@ class JointSearch:
             decided=decided,
             initial=start,
             progress=progress,
-            scored=self.scored_bound,
+            scored=gradient_scored(self.bound),
         )
