@@ -18,7 +18,7 @@ from conftest import exact_local_2layer, mlp
 from quantcert.analyses.epsilon import Budget, epsilon, input_box
 from quantcert.analyses.flip import flip, labels, threshold
 from quantcert.engines import perturbation
-from quantcert.engines.attack import difference_objective
+from quantcert.engines.attack import Witness, difference_objective
 from quantcert.engines.bounds import Radii, bound_spec
 from quantcert.engines.pair import difference_network, pair_radii
 from quantcert.engines.param_split import JointSearch, choose_parameters
@@ -104,6 +104,12 @@ def test_no_sampled_parameter_beats_a_sub_box_bound(act: str, seed: int, delta: 
         with torch.no_grad():
             values = space.objective(x, params).max(1).values
         assert float(values.max()) <= float(upper[row]) + 1e-12
+        # Gradient ascent inside the same sub-box (from the sampled best) does not beat it.
+        i = int(values.argmax())
+        start = Witness(float(values[i]), x[i], {k: v[i] for k, v in params.items()})
+        one = Box(subs.lo[row : row + 1], subs.hi[row : row + 1])
+        attacked = space.attack([start])(one, 40)
+        assert attacked.value <= float(upper[row]) + 1e-12
 
 
 @pytest.mark.parametrize("delta", [0.1, 0.3])
