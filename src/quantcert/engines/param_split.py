@@ -28,8 +28,10 @@ from quantcert.engines.perturbation import Perturbation, inner_limits
 from quantcert.network import Network
 from quantcert.ops.base import DTYPE, Box
 
-#: Most scalar parameters split by default: every one on small networks, else the most
-#: sensitive ones (splitting a few of a large network's parameters rarely helps).
+#: Perturbation sets of at most this many scalars are split automatically, each scalar a
+#: coordinate. Larger sets are not: splitting even the 64 most sensitive of mnist-net_256x2's
+#: 269k scalars did not move its bound (docs/benchmarks.md); ``choose_parameters`` with a
+#: sensitivity still builds such a layout for the API.
 SPLIT_LIMIT = 512
 #: Batched parameter tensors cost B times their size; keep B * size under this.
 BATCH_ELEMENTS = 4_000_000
