@@ -186,3 +186,26 @@ def test_parameter_splits_decide_a_flip_left_unknown(monkeypatch: pytest.MonkeyP
     with torch.no_grad():
         flipped = labels(net.logits(x.expand(n, -1), params), t) != labels(net.logits(x), t)
     assert not bool(flipped.any())
+
+
+def test_parameter_splits_verify_a_three_class_flip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three classes, argmax labels: unknown without parameter splits, verified with them; no
+    sampled parameter corner changes the label."""
+    net = mlp([3, 6, 6, 3], "relu", seed=1)
+    x = np.random.default_rng(1).uniform(-1, 1, 3)
+    box = input_box(net, x, x)
+    pert = perturbation.absolute(net, 0.05)
+    with monkeypatch.context() as m:
+        m.setattr(flip_module, "splits_parameters", lambda p: False)
+        plain = flip(net, pert, box, Budget(timeout=30)).overall
+    split = flip(net, pert, box, Budget(timeout=30)).overall
+    assert plain.status == "unknown" and split.status == "verified"
+    n = 20_000
+    gen = torch.Generator().manual_seed(2)
+    params = {
+        k: v + 0.05 * (2 * torch.randint(0, 2, (n, *v.shape), generator=gen).to(DTYPE) - 1)
+        for k, v in net.param_tensors().items()
+    }
+    xs = box.lo.expand(n, -1)
+    with torch.no_grad():
+        assert bool((net.logits(xs, params).argmax(1) == net.logits(box.lo).argmax(1)).all())
