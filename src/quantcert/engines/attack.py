@@ -70,10 +70,13 @@ def search(
     nominal = net.param_tensors()
     for name, (plo, phi) in limits.items():
         shape = nominal[name].shape
-        corner = torch.randint(0, 2, (n, *shape), generator=gen).to(DTYPE)
-        start = plo + (phi - plo) * corner
         ref = nominal[name] if warm is None else warm[name]
-        start[first] = torch.clamp(ref.expand(n, *shape), plo, phi)[first]
+        start = torch.clamp(ref.expand(n, *shape), plo, phi)
+        if restarts > 1:  # the other starts: random corners of the parameter box
+            corner = torch.randint(0, 2, (n, *shape), generator=gen).to(DTYPE)
+            start = torch.where(
+                first.reshape(-1, *[1] * len(shape)), start, plo + (phi - plo) * corner
+            )
         params[name] = start
     for step in range(steps):
         size = 0.5 * (1 - step / steps) ** 2 + 1e-3
@@ -122,8 +125,11 @@ def _ascent_step(
         new = {}
         for (name, leaf), g in zip(leaves.items(), grads[1:], strict=True):
             plo, phi = limits[name]
-            g = torch.zeros_like(leaf) if g is None else g
-            new[name] = torch.clamp(leaf + size * (phi - plo) * g.sign(), plo, phi)
+            moved = leaf.detach()  # shares memory with this step's start, not needed after
+            if g is not None:  # in place: these tensors are batch x parameter count
+                moved.add_(g.sign_().mul_(phi - plo).mul_(size))
+                moved.clamp_(min=plo, max=phi)
+            new[name] = moved
     return x_new, new
 
 
