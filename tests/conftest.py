@@ -12,7 +12,7 @@ import torch
 from hypothesis import settings
 
 from quantcert.network import INPUT, Network, Node
-from quantcert.ops import DTYPE, Affine, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
+from quantcert.ops import DTYPE, Affine, Box, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 
 # CI runs a fixed, reproducible set of examples; local runs keep exploring new ones.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -84,3 +84,38 @@ def exact_local_2layer(net: Network, x: np.ndarray, delta: float, relu: bool) ->
     z0 = w2 @ act(pre) + b2
     sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
     return max(sig(z_max) - sig(z0), sig(z0) - sig(z_min))
+
+
+def sampled_max(net: Network, delta: float, box: Box, n: int = 4000, seed: int = 0) -> torch.Tensor:
+    """Largest |f_theta(x) - f_theta0(x)| per output over random corners of the parameter box."""
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = box.lo[0], box.hi[0]
+    x = lo + (hi - lo) * torch.rand((n, *lo.shape), generator=gen, dtype=DTYPE)
+    params = {
+        k: v + delta * (2 * torch.randint(0, 2, (n, *v.shape), generator=gen).to(DTYPE) - 1)
+        for k, v in net.param_tensors().items()
+    }
+    with torch.no_grad():
+        return (net(x, params) - net(x)).abs().max(0).values
+
+
+def conv_residual_net(seed: int) -> Network:
+    """conv -> relu -> conv (+ skip) -> relu -> maxpool -> flatten -> affine."""
+    from quantcert.ops import Conv, MaxPool, ReLU, Reshape, Sum
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=DTYPE) * 0.5
+
+    nodes = [
+        Node("c1", Conv(rnd(3, 1, 3, 3), rnd(3), padding=(1, 1)), (INPUT,)),
+        Node("r1", ReLU(), ("c1",)),
+        Node("c2", Conv(rnd(3, 3, 3, 3), rnd(3), padding=(1, 1)), ("r1",)),
+        Node("add", Sum((1.0, 1.0)), ("c2", "r1")),
+        Node("r2", ReLU(), ("add",)),
+        Node("pool", MaxPool((2, 2), (2, 2)), ("r2",)),
+        Node("flat", Reshape((12,)), ("pool",)),
+        Node("fc", Affine(rnd(2, 12), rnd(2)), ("flat",)),
+    ]
+    return Network(nodes, (1, 4, 4))

@@ -12,7 +12,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from conftest import ACTIVATIONS, cat_network, exact_local_2layer, mlp
+from conftest import (
+    ACTIVATIONS,
+    cat_network,
+    conv_residual_net,
+    exact_local_2layer,
+    mlp,
+    sampled_max,
+)
 from quantcert.analyses.epsilon import Budget, epsilon, input_box
 from quantcert.engines import perturbation
 from quantcert.engines.attack import difference_objective, search
@@ -20,21 +27,6 @@ from quantcert.engines.bounds import bound_spec
 from quantcert.engines.pair import difference_network, pair_radii
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops import DTYPE, Affine, Box, Identity
-
-
-def _sampled_max(
-    net: Network, delta: float, box: Box, n: int = 4000, seed: int = 0
-) -> torch.Tensor:
-    """Largest |f_theta(x) - f_theta0(x)| per output over random corners of the parameter box."""
-    gen = torch.Generator().manual_seed(seed)
-    lo, hi = box.lo[0], box.hi[0]
-    x = lo + (hi - lo) * torch.rand((n, *lo.shape), generator=gen, dtype=DTYPE)
-    params = {
-        k: v + delta * (2 * torch.randint(0, 2, (n, *v.shape), generator=gen).to(DTYPE) - 1)
-        for k, v in net.param_tensors().items()
-    }
-    with torch.no_grad():
-        return (net(x, params) - net(x)).abs().max(0).values
 
 
 @settings(max_examples=25, deadline=None)
@@ -56,7 +48,7 @@ def test_no_sample_or_attack_beats_the_bound(
     signs = torch.cat([torch.eye(2, dtype=DTYPE), -torch.eye(2, dtype=DTYPE)])
     upper, _ = bound_spec(pair, box, pair_radii(pert, pair), signs, method)  # type: ignore[arg-type]
     eps_upper = torch.maximum(upper[0, :2], upper[0, 2:])
-    assert bool((_sampled_max(net, delta, box) <= eps_upper).all())
+    assert bool((sampled_max(net, delta, box) <= eps_upper).all())
     attacked = search(net, pert, box, difference_objective(net, signs), 4, restarts=3, steps=30)
     assert all(w.value <= float(upper[0, k]) for k, w in enumerate(attacked))
 
@@ -127,36 +119,14 @@ def test_bounds_survive_float_rounding() -> None:
     assert Fraction(float(naive)) != Fraction(1e16) + 1 - Fraction(1e16) + 3
 
 
-def _conv_residual_net(seed: int) -> Network:
-    """conv -> relu -> conv (+ skip) -> relu -> maxpool -> flatten -> affine."""
-    from quantcert.ops import Conv, MaxPool, ReLU, Reshape, Sum
-
-    gen = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, dtype=DTYPE) * 0.5
-
-    nodes = [
-        Node("c1", Conv(rnd(3, 1, 3, 3), rnd(3), padding=(1, 1)), (INPUT,)),
-        Node("r1", ReLU(), ("c1",)),
-        Node("c2", Conv(rnd(3, 3, 3, 3), rnd(3), padding=(1, 1)), ("r1",)),
-        Node("add", Sum((1.0, 1.0)), ("c2", "r1")),
-        Node("r2", ReLU(), ("add",)),
-        Node("pool", MaxPool((2, 2), (2, 2)), ("r2",)),
-        Node("flat", Reshape((12,)), ("pool",)),
-        Node("fc", Affine(rnd(2, 12), rnd(2)), ("flat",)),
-    ]
-    return Network(nodes, (1, 4, 4))
-
-
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 1000), width=st.floats(0.0, 0.3), delta=st.floats(1e-4, 0.05))
 def test_conv_residual_bounds_are_not_beaten(seed: int, width: float, delta: float) -> None:
-    net = _conv_residual_net(seed)
+    net = conv_residual_net(seed)
     center = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
     box = Box(center - width, center + width)
     res = epsilon(net, perturbation.absolute(net, delta), box, Budget(gap=1e9))
-    assert bool((_sampled_max(net, delta, box, n=2000) <= res.overall.upper).all())
+    assert bool((sampled_max(net, delta, box, n=2000) <= res.overall.upper).all())
     assert res.overall.lower <= res.overall.upper
 
 
@@ -172,7 +142,7 @@ def test_relu_splitting_tightens_soundly(seed: int) -> None:
     root = epsilon(net, pert, box, Budget(gap=1e9)).overall
     split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=1)).overall
     assert split.upper <= root.upper + 1e-12
-    assert float(_sampled_max(net, 0.05, box, n=5000).max()) <= split.upper
+    assert float(sampled_max(net, 0.05, box, n=5000).max()) <= split.upper
     assert split.lower <= split.upper
 
 
@@ -200,7 +170,7 @@ def test_global_eps_over_five_inputs_is_not_beaten(seed: int, act: str) -> None:
     delta = 0.01
     box = input_box(net, -np.ones(5), np.ones(5))
     res = epsilon(net, perturbation.absolute(net, delta), box, Budget(gap=1e-3, timeout=5))
-    assert float(_sampled_max(net, delta, box).max()) <= res.overall.upper
+    assert float(sampled_max(net, delta, box).max()) <= res.overall.upper
     w = res.overall.witness
     assert w is not None
     params = {

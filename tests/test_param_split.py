@@ -14,7 +14,7 @@ from hypothesis import given, settings
 
 import quantcert.analyses.epsilon as epsilon_module
 import quantcert.analyses.flip as flip_module
-from conftest import exact_local_2layer, mlp
+from conftest import conv_residual_net, exact_local_2layer, mlp, sampled_max
 from quantcert.analyses.epsilon import Budget, epsilon, input_box
 from quantcert.analyses.flip import flip, labels, threshold
 from quantcert.engines import perturbation
@@ -209,3 +209,20 @@ def test_parameter_splits_verify_a_three_class_flip(monkeypatch: pytest.MonkeyPa
     xs = box.lo.expand(n, -1)
     with torch.no_grad():
         assert bool((net.logits(xs, params).argmax(1) == net.logits(box.lo).argmax(1)).all())
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 1000))
+def test_conv_residual_net_with_parameter_splits_is_not_beaten(seed: int) -> None:
+    """Conv -> ReLU -> conv + skip -> max-pool -> affine, 140 perturbed scalars: the point
+    query runs parameter splits through batched convolution kernels; sampled corners never
+    beat the upper bound, which only tightens."""
+    net = conv_residual_net(seed)
+    x = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    box = Box(x, x)
+    pert = perturbation.absolute(net, 0.05)
+    root = epsilon(net, pert, box, Budget(gap=1e9)).overall
+    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=2)).overall
+    assert split.upper <= root.upper + 1e-12
+    assert float(sampled_max(net, 0.05, box, n=3000).max()) <= split.upper
+    assert split.lower <= split.upper
