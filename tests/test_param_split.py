@@ -222,7 +222,7 @@ def test_conv_residual_net_with_parameter_splits_is_not_beaten(seed: int) -> Non
     box = Box(x, x)
     pert = perturbation.absolute(net, 0.05)
     root = epsilon(net, pert, box, Budget(gap=1e9)).overall
-    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=2)).overall
+    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=1)).overall
     assert split.upper <= root.upper + 1e-12
     assert float(sampled_max(net, 0.05, box, n=3000).max()) <= split.upper
     assert split.lower <= split.upper
