@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from quantcert.analyses.epsilon import Budget, epsilon, input_box, local_epsilon
 from quantcert.engines import perturbation  # noqa: E402
 from quantcert.network import INPUT, Network, Node  # noqa: E402
 from quantcert.ops import DTYPE, Affine, Box, ReLU  # noqa: E402
+from quantcert.report.results import Certificate  # noqa: E402
 
 
 def _row(name: str, res_lower: float, res_upper: float, t: float, note: str = "") -> str:
@@ -30,19 +33,28 @@ def _row(name: str, res_lower: float, res_upper: float, t: float, note: str = ""
     return f"| {name} | {res_lower:.6g} | {res_upper:.6g} | {ratio:.3f} | {t:.3f} | {note} |"
 
 
+def _best_of(runs: int, query: Callable[[], Certificate]) -> Certificate:
+    """The same query ``runs`` times (same answer each time), the fastest time: small queries
+    take tens of milliseconds, where a shared machine's noise is of the same size."""
+    results = [query() for _ in range(runs)]
+    return min(results, key=lambda r: r.time_s)
+
+
 def global_cases() -> list[str]:
     rows = []
     net = cat_network()
     box = input_box(net, np.array([6.3, 2.0]), np.array([20.5, 3.9]))
     for delta in (0.005, 0.01):
-        r = epsilon(net, perturbation.absolute(net, delta), box, Budget(gap=1e-5)).overall
+        pert = perturbation.absolute(net, delta)
+        r = _best_of(3, lambda: epsilon(net, pert, box, Budget(gap=1e-5)).overall)  # noqa: B023
         rows.append(
             _row(f"cat global eps, delta={delta}, gap 1e-5", r.lower, r.upper, r.time_s, r.status)
         )
     for act in ("relu", "identity"):
         net = mlp([2, 3, 1], act, seed=3, head=True, scale=2.0)
         box = input_box(net, -np.ones(2), np.ones(2))
-        r = epsilon(net, perturbation.absolute(net, 0.01), box, Budget(gap=1e-4)).overall
+        pert = perturbation.absolute(net, 0.01)
+        r = _best_of(3, lambda: epsilon(net, pert, box, Budget(gap=1e-4)).overall)  # noqa: B023
         rows.append(
             _row(
                 f"2-3-1 {act} global eps [-1,1]^2, delta=0.01, gap 1e-4",
@@ -133,6 +145,7 @@ def mnist_cases() -> list[str]:
         settings = [
             ("ibp", 1e-4, ""),
             ("crown", float("inf"), "first bound"),
+            ("alpha", float("inf"), "first bound, optimised ReLU slopes (--method alpha)"),
             ("crown", 1e-4, "default: + ReLU splitting until it stalls"),
         ]
         for method, gap, note in settings:
@@ -152,9 +165,11 @@ def exact_cases() -> list[str]:
     net = cat_network()
     lo, hi = np.array([6.3, 2.0]), np.array([20.5, 3.9])
     radius = {k: np.full(v.shape, 0.005) for k, v in net.param_tensors().items()}
-    t = time.perf_counter()
-    res = exact.max_abs_change(net, radius, box=(lo, hi))
-    elapsed = time.perf_counter() - t
+    elapsed = math.inf
+    for _ in range(3):  # fastest of three, as for ours
+        t = time.perf_counter()
+        res = exact.max_abs_change(net, radius, box=(lo, hi))
+        elapsed = min(elapsed, time.perf_counter() - t)
     return [_row("SCIP: cat global eps, delta=0.005", res.lower, res.upper, elapsed, res.status)]
 
 

@@ -181,3 +181,29 @@ def test_global_eps_over_five_inputs_is_not_beaten(seed: int, act: str) -> None:
     with torch.no_grad():
         change = float((net(x, params) - net(x)).abs().max())
     assert change == pytest.approx(res.overall.lower, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    act=st.sampled_from(["relu", "leaky"]),
+    width=st.floats(0.0, 0.5),
+    delta=st.sampled_from([1e-3, 0.03]),
+)
+def test_alpha_bounds_are_sound_and_never_looser_than_crown(
+    seed: int, act: str, width: float, delta: float
+) -> None:
+    net = mlp([3, 12, 12, 2], act, seed=seed)
+    pert = perturbation.absolute(net, delta)
+    centre = torch.randn((1, 3), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
+    box = Box(centre - width, centre + width)
+    pair = difference_network(net)
+    radii = pair_radii(pert, pair)
+    signs = torch.cat([torch.eye(2, dtype=DTYPE), -torch.eye(2, dtype=DTYPE)])
+    crown, _ = bound_spec(pair, box, radii, signs, "crown")
+    alpha, _ = bound_spec(pair, box, radii, signs, "alpha")
+    assert bool((alpha <= crown + 1e-12).all())
+    eps_alpha = torch.maximum(alpha[0, :2], alpha[0, 2:])
+    assert bool((sampled_max(net, delta, box) <= eps_alpha).all())
+    found = search(net, pert, box, difference_objective(net, signs), 4, restarts=3, steps=30)
+    assert all(w.value <= float(alpha[0, k]) for k, w in enumerate(found))

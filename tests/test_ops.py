@@ -149,3 +149,22 @@ def test_batched_parameter_boxes_are_sound(kind: str, seed: int, width: float) -
         lhs = (A[:, i : i + 1] * out.unsqueeze(0)).flatten(2).sum(-1)
         rhs = (a_in[:, i : i + 1] * z.unsqueeze(0)).flatten(2).sum(-1) + const[:, i : i + 1]
         assert bool((lhs <= rhs + 1e-9 * (1 + rhs.abs())).all())
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), leak=st.sampled_from([0.0, 0.1]))
+def test_any_lower_slope_keeps_the_relu_relaxation_sound(seed: int, leak: float) -> None:
+    """alpha-CROWN's free lower slopes, even outside [leak, 1] (they are clipped), per spec
+    row: the backward transfer still bounds every sampled input."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = torch.randn((1, 6), generator=gen, dtype=DTYPE)
+    box = Box(centre - 1.0, centre + 1.0)
+    slopes = 3 * torch.rand((5, 1, 6), generator=gen, dtype=DTYPE) - 1  # in [-1, 2]
+    op = LeakyReLU(leak).with_lower_slope(slopes)
+    A = torch.randn((5, 1, 6), generator=gen, dtype=DTYPE)
+    (a_in,), const, _ = op.backward(A, [box], {})
+    z = box.lo + (box.hi - box.lo) * torch.rand((200, 6), generator=gen, dtype=DTYPE)
+    out = op.forward([z], {})
+    lhs = (A * out.unsqueeze(0)).flatten(2).sum(-1)
+    rhs = (a_in * z.unsqueeze(0)).flatten(2).sum(-1) + const
+    assert bool((lhs <= rhs + 1e-12).all())

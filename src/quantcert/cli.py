@@ -62,7 +62,9 @@ DomainOpt = Annotated[
 ]
 GapOpt = Annotated[float, typer.Option("--gap", help="Stop when upper - lower <= GAP")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Time budget in seconds")]
-MethodOpt = Annotated[str, typer.Option("--method", help="Bounds: crown or ibp")]
+MethodOpt = Annotated[
+    str, typer.Option("--method", help="Bounds: crown, alpha (optimised ReLU slopes) or ibp")
+]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (a GPU for nets of 100k+ parameters), cpu, cuda")
 ]
@@ -130,8 +132,8 @@ def _budget(gap: float, timeout: float, method: str, device: str = "auto") -> An
 
     if device not in DEVICES and not device.startswith("cuda:"):
         raise InputError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}")
-    if method not in ("crown", "ibp"):
-        raise InputError(f"--method must be crown or ibp, got {method!r}")
+    if method not in ("crown", "alpha", "ibp"):
+        raise InputError(f"--method must be crown, alpha or ibp, got {method!r}")
     if not gap >= 0 or not timeout > 0:
         raise InputError("--gap must be >= 0 and --timeout > 0")
     from quantcert.report.progress import BoundsProgress

@@ -19,7 +19,7 @@ from quantcert.network import INPUT, Network, Node
 from quantcert.ops.activations import Elementwise, LeakyReLU
 from quantcert.ops.base import DTYPE, REL_MARGIN, Box
 
-Method = Literal["ibp", "crown"]
+Method = Literal["ibp", "crown", "alpha"]  # alpha: CROWN with optimised ReLU slopes
 Radii = Mapping[str, Mapping[str, Tensor]]
 _NO_RADIUS: dict[str, Tensor] = {}
 
@@ -49,7 +49,7 @@ def backward_upper(
     s, b = A0.shape[:2]
     const = torch.zeros((s, b), dtype=DTYPE)
     magnitude = torch.zeros((s, b), dtype=DTYPE)
-    for node in _ancestors_reversed(net, target):
+    for node in ancestors_reversed(net, target):
         a = coeffs.pop(node.name, None)
         if a is None:
             continue
@@ -69,7 +69,8 @@ def backward_upper(
     return const + REL_MARGIN * magnitude
 
 
-def _ancestors_reversed(net: Network, target: str) -> list[Node]:
+def ancestors_reversed(net: Network, target: str) -> list[Node]:
+    """The nodes up to and including ``target``, last first."""
     order: list[Node] = []
     for node in net.nodes:
         order.append(node)
@@ -102,7 +103,24 @@ def _rows_to_tighten(node: Node, consumers: list[Node], box: Box) -> Tensor | No
     return rows if rows.numel() else None
 
 
-def tighten(net: Network, bounds: Mapping[str, Box], radii: Radii, name: str, rows: Tensor) -> Box:
+def _upper(
+    net: Network, bounds: Mapping[str, Box], radii: Radii, target: str, A0: Tensor, method: Method
+) -> Tensor:
+    if method == "alpha":
+        from quantcert.engines.alpha import optimised_upper  # alpha builds on this module
+
+        return optimised_upper(net, bounds, radii, target, A0)
+    return backward_upper(net, bounds, radii, target, A0)
+
+
+def tighten(
+    net: Network,
+    bounds: Mapping[str, Box],
+    radii: Radii,
+    name: str,
+    rows: Tensor,
+    method: Method = "crown",
+) -> Box:
     """CROWN bounds of the chosen neurons of node ``name``, returned as a box of its shape."""
     box = bounds[name]
     b = box.lo.shape[0]
@@ -111,7 +129,7 @@ def tighten(net: Network, bounds: Mapping[str, Box], radii: Radii, name: str, ro
     eye[torch.arange(rows.numel()), rows] = 1.0
     spec = torch.cat([eye, -eye]).unsqueeze(1).expand(-1, b, -1)
     spec = spec.reshape(2 * rows.numel(), b, *box.lo.shape[1:])
-    upper = backward_upper(net, bounds, radii, name, spec)
+    upper = _upper(net, bounds, radii, name, spec, method)
     hi_rows, lo_rows = upper[: rows.numel()].T, -upper[rows.numel() :].T  # (B, R)
     lo, hi = box.lo.flatten(1).clone(), box.hi.flatten(1).clone()
     lo[:, rows] = torch.maximum(lo[:, rows], lo_rows)
@@ -137,10 +155,10 @@ def bound_nodes(
     for node in net.nodes:
         ins = [bounds[src] for src in node.inputs]
         bounds[node.name] = node.op.interval(ins, radii.get(node.name, _NO_RADIUS))
-        if method == "crown":
+        if method != "ibp":
             rows = _rows_to_tighten(node, [by_name[u] for u in users[node.name]], bounds[node.name])
             if rows is not None:
-                bounds[node.name] = tighten(net, bounds, radii, node.name, rows)
+                bounds[node.name] = tighten(net, bounds, radii, node.name, rows, method)
         if clamp is not None and node.name in clamp:
             bounds[node.name] = bounds[node.name].intersect(clamp[node.name])
         if node.name == upto:
@@ -192,5 +210,5 @@ def _spec_upper(
     if method == "ibp":
         return interval_upper
     A0 = spec.unsqueeze(1).expand(-1, b, -1).reshape(spec.shape[0], b, *out.lo.shape[1:])
-    crown = backward_upper(net, bounds, radii, target, A0).T
+    crown = _upper(net, bounds, radii, target, A0, method).T
     return torch.minimum(crown, interval_upper)

@@ -7,6 +7,7 @@ line, ``A < 0`` the lower one.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -70,7 +71,13 @@ class Identity(Elementwise):
 
 
 class LeakyReLU(Elementwise):
-    """``z`` for ``z >= 0``, ``slope * z`` below; ``slope`` in [0, 1]. ReLU is slope 0."""
+    """``z`` for ``z >= 0``, ``slope * z`` below; ``slope`` in [0, 1]. ReLU is slope 0.
+
+    ``lower_slope`` (optional, from ``with_lower_slope``) replaces CROWN's choice of the lower
+    line on unstable neurons; any slope in ``[slope, 1]`` gives a sound lower line, so values
+    outside are clipped. It may carry a leading spec dimension (S, B, *shape): alpha-CROWN."""
+
+    lower_slope: Tensor | None = None
 
     def __init__(self, slope: float = 0.01) -> None:
         super().__init__()
@@ -80,6 +87,11 @@ class LeakyReLU(Elementwise):
 
     def describe(self) -> str:
         return f"LeakyReLU({self.slope})"
+
+    def with_lower_slope(self, lower_slope: Tensor) -> LeakyReLU:
+        clone = copy.copy(self)
+        clone.lower_slope = lower_slope
+        return clone
 
     def fn(self, z: Tensor) -> Tensor:
         return torch.where(z >= 0, z, self.slope * z)
@@ -96,6 +108,8 @@ class LeakyReLU(Elementwise):
         up_c = up_c + REL_MARGIN * torch.maximum(lo.abs(), hi.abs()) * unstable
         pick_one = hi > -lo
         lo_s = torch.where(active | (unstable & pick_one), 1.0, a)
+        if self.lower_slope is not None:
+            lo_s = torch.where(unstable, self.lower_slope.clamp(a, 1.0), lo_s)
         return up_s.to(lo), up_c, lo_s.to(lo), torch.zeros_like(lo)
 
 
