@@ -119,3 +119,17 @@ def conv_residual_net(seed: int) -> Network:
         Node("fc", Affine(rnd(2, 12), rnd(2)), ("flat",)),
     ]
     return Network(nodes, (1, 4, 4))
+
+
+def check_splitting_tightens_soundly(net: Network, box: Box, delta: float, samples: int) -> None:
+    """At a point, branch and bound (1 s) may only lower the root's upper bound, never below
+    a sampled change, and keeps lower <= upper."""
+    from quantcert.analyses.epsilon import Budget, epsilon
+    from quantcert.engines import perturbation
+
+    pert = perturbation.absolute(net, delta)
+    root = epsilon(net, pert, box, Budget(gap=1e9)).overall
+    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=1)).overall
+    assert split.upper <= root.upper + 1e-12
+    assert float(sampled_max(net, delta, box, n=samples).max()) <= split.upper
+    assert split.lower <= split.upper

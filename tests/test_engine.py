@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from conftest import (
     ACTIVATIONS,
     cat_network,
+    check_splitting_tightens_soundly,
     conv_residual_net,
     exact_local_2layer,
     mlp,
@@ -138,12 +139,7 @@ def test_relu_splitting_tightens_soundly(seed: int) -> None:
     net = mlp([3, 16, 16, 1], "relu", seed=seed)
     x = np.random.default_rng(seed).uniform(-1, 1, 3)
     box = input_box(net, x, x)
-    pert = perturbation.absolute(net, 0.05)
-    root = epsilon(net, pert, box, Budget(gap=1e9)).overall
-    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=1)).overall
-    assert split.upper <= root.upper + 1e-12
-    assert float(sampled_max(net, 0.05, box, n=5000).max()) <= split.upper
-    assert split.lower <= split.upper
+    check_splitting_tightens_soundly(net, box, 0.05, 5000)
 
 
 def test_gradient_scores_are_width_times_the_bound_slope() -> None:

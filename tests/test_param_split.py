@@ -14,7 +14,12 @@ from hypothesis import given, settings
 
 import quantcert.analyses.epsilon as epsilon_module
 import quantcert.analyses.flip as flip_module
-from conftest import conv_residual_net, exact_local_2layer, mlp, sampled_max
+from conftest import (
+    check_splitting_tightens_soundly,
+    conv_residual_net,
+    exact_local_2layer,
+    mlp,
+)
 from quantcert.analyses.epsilon import Budget, epsilon, input_box
 from quantcert.analyses.flip import flip, labels, threshold
 from quantcert.engines import perturbation
@@ -220,9 +225,4 @@ def test_conv_residual_net_with_parameter_splits_is_not_beaten(seed: int) -> Non
     net = conv_residual_net(seed)
     x = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(seed), dtype=DTYPE)
     box = Box(x, x)
-    pert = perturbation.absolute(net, 0.05)
-    root = epsilon(net, pert, box, Budget(gap=1e9)).overall
-    split = epsilon(net, pert, box, Budget(gap=1e-6, timeout=1)).overall
-    assert split.upper <= root.upper + 1e-12
-    assert float(sampled_max(net, 0.05, box, n=3000).max()) <= split.upper
-    assert split.lower <= split.upper
+    check_splitting_tightens_soundly(net, box, 0.05, 3000)
