@@ -128,10 +128,9 @@ def _engine(name: str) -> str:
 
 def _budget(gap: float, timeout: float, method: str, device: str = "auto") -> Any:
     from quantcert.analyses.epsilon import Budget
-    from quantcert.engines.device import DEVICES
+    from quantcert.engines.device import pick_device
 
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise InputError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}")
+    pick_device(device, 0)  # a bad --device fails here, before any work
     if method not in ("crown", "alpha", "ibp"):
         raise InputError(f"--method must be crown, alpha or ibp, got {method!r}")
     if not gap >= 0 or not timeout > 0:

@@ -7,7 +7,7 @@ A ``Network`` is a ``torch.nn.Module``: ``net(x)`` returns what the source model
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -88,19 +88,25 @@ class Network(torch.nn.Module):
             for pname, value in node.op.params.items()
         }
 
+    def map_ops(self, change: Callable[[Node], Op]) -> Network:
+        """The same graph with each node's op replaced by ``change(node)``; the network itself
+        when every op comes back unchanged."""
+        ops = [change(n) for n in self.nodes]
+        if all(op is n.op for op, n in zip(ops, self.nodes, strict=True)):
+            return self
+        nodes = [Node(n.name, op, n.inputs) for op, n in zip(ops, self.nodes, strict=True)]
+        return Network(nodes, self.input_shape, self.head, self.name)
+
     def with_params(self, per_node: Mapping[str, Mapping[str, Tensor]]) -> Network:
         """The same graph with some nodes' parameters replaced (values may be batched: one
         parameter setting per batch element, for bounds over many parameter boxes)."""
-        nodes = [
-            Node(n.name, n.op.with_params(per_node[n.name]), n.inputs) if n.name in per_node else n
-            for n in self.nodes
-        ]
-        return Network(nodes, self.input_shape, self.head, self.name)
+        return self.map_ops(
+            lambda n: n.op.with_params(per_node[n.name]) if n.name in per_node else n.op
+        )
 
     def to_device(self, device: torch.device) -> Network:
-        """The same graph with every op's tensors on ``device``."""
-        nodes = [Node(n.name, n.op.to(device), n.inputs) for n in self.nodes]
-        return Network(nodes, self.input_shape, self.head, self.name)
+        """The same graph with every op's tensors on ``device`` (itself when they are)."""
+        return self.map_ops(lambda n: n.op.to(device))
 
     def num_params(self) -> int:
         return sum(int(t.numel()) for t in self.param_tensors().values())

@@ -10,7 +10,6 @@ upper bound of ``g`` is negative, ``falsified`` when a witness really changes th
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from quantcert.analyses.epsilon import Budget, _record
 from quantcert.engines.attack import Objective, Witness, search
-from quantcert.engines.bab import gradient_scored, maximise
+from quantcert.engines.bab import best_of, maximise
 from quantcert.engines.bounds import Radii, bound_spec, engine_threads
 from quantcert.engines.device import pick_device, placed
 from quantcert.engines.pair import NOMINAL, PERTURBED, difference_network, pair_radii
@@ -135,8 +134,6 @@ def flip(
     """Def. 3 at a point (``box.lo == box.hi``), Def. 4 over an input box."""
     device = pick_device(budget.device, net.num_params())
     with engine_threads(net), placed(device):
-        if device.type == "cpu":
-            return _flip(net, pert, box, budget, level)
         return _flip(net.to_device(device), pert.to(device), box.to(device), budget, level)
 
 
@@ -181,7 +178,7 @@ def _flip(
         max_boxes=20_000 if joint_next else 200_000,
         decided=decided,
         progress=budget.progress,
-        scored=gradient_scored(bound) if box.lo[0].numel() > 3 else None,
+        split_by_gradient=True,
     )
     if out.status == "exhausted" and joint_next and not decided(out.lower, out.upper):
         # Input splits ran out (always so at a point): split the parameters too.
@@ -200,9 +197,9 @@ def _flip(
             2,
             rescore=lambda w: _rescore(net, score, w),
         )
-        joint = space.maximise(box, out.witness, 0.0, deadline, decided, budget.progress)
-        out = joint if joint.lower >= out.lower else out
-        out = dataclasses.replace(out, upper=min(out.upper, joint.upper))
+        out = best_of(
+            out, space.maximise(box, out.witness, 0.0, deadline, decided, budget.progress)
+        )
     w = out.witness
     params = {name: v.unsqueeze(0) for name, v in w.params.items()}
     x = w.x.unsqueeze(0)

@@ -17,7 +17,7 @@ from torch import Tensor
 from quantcert.engines.bounds import Radii, ancestors_reversed, backward_upper
 from quantcert.network import Network, Node
 from quantcert.ops.activations import LeakyReLU
-from quantcert.ops.base import DTYPE, Box
+from quantcert.ops.base import Box
 
 STEPS = 20
 LEARNING_RATE = 0.1
@@ -37,10 +37,14 @@ def _initial_slopes(
         box = bounds[node.inputs[0]]
         if not bool(((box.lo < 0) & (box.hi > 0)).any()):
             continue
-        leak = node.op.slope
-        init = torch.where(box.hi > -box.lo, 1.0, leak).to(DTYPE)
+        init = node.op.crown_lower_slope(box)
         slopes[node.name] = init.expand(rows, *init.shape).clone().requires_grad_(True)
     return slopes
+
+
+def _leaky(node: Node) -> LeakyReLU:
+    assert isinstance(node.op, LeakyReLU)
+    return node.op
 
 
 def optimised_upper(
@@ -56,13 +60,10 @@ def optimised_upper(
     slopes = _initial_slopes(net, bounds, target, A0.shape[0])
     if not slopes or sum(t.numel() for t in slopes.values()) > MAX_ELEMENTS:
         return backward_upper(net, bounds, radii, target, A0)
-    nodes = [
-        Node(n.name, n.op.with_lower_slope(slopes[n.name]), n.inputs)
-        if n.name in slopes and isinstance(n.op, LeakyReLU)
-        else n
-        for n in net.nodes
-    ]
-    moved = Network(nodes, net.input_shape, net.head, net.name)
+    leaks = {name: _leaky(net.node(name)).slope for name in slopes}
+    moved = net.map_ops(
+        lambda n: _leaky(n).with_lower_slope(slopes[n.name]) if n.name in slopes else n.op
+    )
     optimiser = torch.optim.Adam(list(slopes.values()), lr=LEARNING_RATE)
     best: Tensor | None = None
     with torch.enable_grad():
@@ -76,10 +77,8 @@ def optimised_upper(
             for t, g in zip(slopes.values(), grads, strict=True):
                 t.grad = g
             optimiser.step()
-            with torch.no_grad():
+            with torch.no_grad():  # projection back onto the sound slopes [leak, 1]
                 for name, t in slopes.items():
-                    leak = net.node(name).op
-                    assert isinstance(leak, LeakyReLU)
-                    t.clamp_(leak.slope, 1.0)
+                    t.clamp_(leaks[name], 1.0)
     assert best is not None
     return best

@@ -46,18 +46,19 @@ def maximise(
     decided: Callable[[float, float], bool] | None = None,
     initial: Witness | None = None,
     progress: Callable[[float, float, int], None] | None = None,
-    scored: ScoredBoundFn | None = None,
+    split_by_gradient: bool = False,
 ) -> BabOutcome:
     """``root`` is one box (batch 1). ``deadline`` is a ``time.perf_counter`` value.
     ``decided(lower, upper)`` may end the search early (verification queries); ``initial`` is
     a witness already found (else the search starts with a thorough attack on the root).
-    ``scored`` replaces ``bound`` where the bound also scores each coordinate of each box
-    (e.g. how much the bound depends on that side's width): splits then take the highest
-    score; by default they take the widest side relative to the root box."""
+    Splits take the widest side relative to the root box; with ``split_by_gradient`` and more
+    than three coordinates (up to three, every side is split each round), the side the bound
+    depends on most (``gradient_scored``)."""
     width = (root.hi - root.lo).flatten(1)[0]
     scale = torch.where(width > 0, width, torch.ones_like(width))
     lo, hi = root.lo.flatten(1), root.hi.flatten(1)
     shape = root.lo.shape[1:]
+    scored = gradient_scored(bound) if split_by_gradient and lo.shape[1] > 3 else None
 
     def bounded(boxes: Box) -> tuple[Tensor, Tensor]:
         if scored is not None:
@@ -111,6 +112,16 @@ def maximise(
         status = "interrupted"
     upper = max(float(ub.max()) if ub.numel() else -torch.inf, pruned_max, best.value)
     return BabOutcome(best.value, upper, best, status, seen, rounds)
+
+
+def best_of(first: BabOutcome, second: BabOutcome) -> BabOutcome:
+    """Two searches for the same maximum: the better witness, the smaller of the two sound
+    upper bounds (never below the lower one), the second's status, the counts added."""
+    witness = second.witness if second.lower > first.lower else first.witness
+    lower = max(first.lower, second.lower)
+    upper = max(min(first.upper, second.upper), lower)
+    boxes, rounds = first.boxes + second.boxes, first.rounds + second.rounds
+    return BabOutcome(lower, upper, witness, second.status, boxes, rounds)
 
 
 def gradient_scored(bound: BoundFn) -> ScoredBoundFn:

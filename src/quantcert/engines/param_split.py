@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from quantcert.engines.attack import Objective, Witness, search
-from quantcert.engines.bab import BabOutcome, gradient_scored, maximise
+from quantcert.engines.bab import BabOutcome, maximise
 from quantcert.engines.bounds import Radii
 from quantcert.engines.pair import PERTURBED
 from quantcert.engines.perturbation import Perturbation, inner_limits
@@ -101,17 +101,13 @@ class JointLayout:
         lo, hi = self._pieces(joint.lo), self._pieces(joint.hi)
         centres, radii = {}, {}
         for name, idx in zip(self.names, self.index, strict=True):
-            b = joint.lo.shape[0]
             c = (lo[name] + hi[name]) / 2
             # Round the radius up so that [c - r, c + r] covers [a, b] in real arithmetic.
             r = torch.nextafter(
                 torch.maximum(hi[name] - c, c - lo[name]), torch.tensor(torch.inf, dtype=DTYPE)
             )
-            centre = params[name].flatten().expand(b, -1).clone()
-            radius = self.pert.radius[name].flatten().expand(b, -1).clone()
-            centre[:, idx], radius[:, idx] = c, r
-            shape = (b, *params[name].shape)
-            centres[name], radii[name] = centre.reshape(shape), radius.reshape(shape)
+            centres[name] = _scatter(params[name], idx, c)
+            radii[name] = _scatter(self.pert.radius[name], idx, r)
         return centres, radii
 
     def attack_limits(self, joint: Box) -> dict[str, tuple[Tensor, Tensor]]:
@@ -122,14 +118,19 @@ class JointLayout:
         out = {}
         for name, idx in zip(self.names, self.index, strict=True):
             inner_lo, inner_hi = inner_limits(params[name], self.pert.radius[name])
-            b = joint.lo.shape[0]
-            p_lo = inner_lo.flatten().expand(b, -1).clone()
-            p_hi = inner_hi.flatten().expand(b, -1).clone()
-            p_lo[:, idx] = torch.clamp(lo[name], p_lo[:, idx], p_hi[:, idx])
-            p_hi[:, idx] = torch.clamp(hi[name], p_lo[:, idx], p_hi[:, idx])
-            shape = (b, *params[name].shape)
-            out[name] = (p_lo.reshape(shape), p_hi.reshape(shape))
+            floor, ceil = inner_lo.flatten()[idx], inner_hi.flatten()[idx]
+            sub_lo = torch.clamp(lo[name], floor, ceil)
+            sub_hi = torch.clamp(hi[name], sub_lo, ceil)
+            out[name] = (_scatter(inner_lo, idx, sub_lo), _scatter(inner_hi, idx, sub_hi))
         return out
+
+
+def _scatter(base: Tensor, idx: Tensor, values: Tensor) -> Tensor:
+    """``base`` (*shape) repeated per row of ``values`` (B, k), with the flat entries ``idx``
+    replaced by that row: (B, *shape)."""
+    out = base.flatten().expand(values.shape[0], -1).clone()
+    out[:, idx] = values
+    return out.reshape(values.shape[0], *base.shape)
 
 
 def choose_parameters(
@@ -245,5 +246,5 @@ class JointSearch:
             decided=decided,
             initial=start,
             progress=progress,
-            scored=gradient_scored(self.bound),
+            split_by_gradient=True,
         )

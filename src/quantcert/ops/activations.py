@@ -96,6 +96,10 @@ class LeakyReLU(Elementwise):
     def fn(self, z: Tensor) -> Tensor:
         return torch.where(z >= 0, z, self.slope * z)
 
+    def crown_lower_slope(self, box: Box) -> Tensor:
+        """CROWN's lower slope on an unstable neuron: 1 where ``u > -l``, else the leak."""
+        return torch.where(box.hi > -box.lo, 1.0, self.slope).to(box.lo)
+
     def lines(self, box: Box) -> Lines:
         lo, hi, a = box.lo, box.hi, self.slope
         active, inactive = lo >= 0, hi <= 0
@@ -106,8 +110,7 @@ class LeakyReLU(Elementwise):
         up_s = torch.where(active, 1.0, torch.where(inactive, a, chord))
         up_c = torch.where(unstable, hi - chord * hi, torch.zeros_like(lo))
         up_c = up_c + REL_MARGIN * torch.maximum(lo.abs(), hi.abs()) * unstable
-        pick_one = hi > -lo
-        lo_s = torch.where(active | (unstable & pick_one), 1.0, a)
+        lo_s = torch.where(active, 1.0, torch.where(unstable, self.crown_lower_slope(box), a))
         if self.lower_slope is not None:
             lo_s = torch.where(unstable, self.lower_slope.clamp(a, 1.0), lo_s)
         return up_s.to(lo), up_c, lo_s.to(lo), torch.zeros_like(lo)

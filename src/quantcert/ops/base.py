@@ -128,14 +128,21 @@ class Op:
         return clone
 
     def to(self, device: torch.device) -> Op:
-        """A shallow copy with every tensor it holds (parameters and constants) on
-        ``device``."""
-        clone = copy.copy(self)
+        """The op with every tensor it holds (parameters and constants) on ``device``: itself
+        when they all are already, else a shallow copy."""
+        moved: dict[str, object] = {}
         for name, value in vars(self).items():
-            if isinstance(value, Tensor):
-                setattr(clone, name, value.to(device))
-            elif isinstance(value, dict) and all(isinstance(v, Tensor) for v in value.values()):
-                setattr(clone, name, {k: v.to(device) for k, v in value.items()})
+            if isinstance(value, Tensor) and value.device != device:
+                moved[name] = value.to(device)
+            elif isinstance(value, dict) and any(
+                isinstance(v, Tensor) and v.device != device for v in value.values()
+            ):
+                moved[name] = {k: v.to(device) for k, v in value.items()}
+        if not moved:
+            return self
+        clone = copy.copy(self)
+        for name, value in moved.items():
+            setattr(clone, name, value)
         return clone
 
     def describe(self) -> str:

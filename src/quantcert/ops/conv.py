@@ -8,13 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from quantcert.ops.affine import _radius
+from quantcert.ops.affine import _dot, _radius
 from quantcert.ops.base import DTYPE, Box, Op, abs_upper_line, outward
-
-
-def _dot(A: Tensor, b: Tensor) -> Tensor:
-    """``sum_o A_o b_o``: A (S, B, O), b (O,) or (B, O) -> (S, B)."""
-    return (A * b).sum(-1) if b.dim() == 2 else A @ b
 
 
 def _channels(b: Tensor) -> Tensor:
