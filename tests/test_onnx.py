@@ -136,5 +136,7 @@ def test_batchnorm_folds_into_conv(tmp_path: Path) -> None:
         onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(path)
     )
     net = load(path)
-    assert len(net) == 1  # folded
+    assert len(net) == 2  # kept: its four tensors are parameters of the file
+    assert {s.initializer for s in net.sources.values()} == {"w", "b", "g", "be", "m", "v"}
+    assert len(load(path, perturb="folded")) == 1
     assert _compare(path) < 1e-5

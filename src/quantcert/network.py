@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,11 +29,67 @@ class Node:
     inputs: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ParamSource:
+    """Where an IR parameter lives in the model file: ``ir = factor * view(file)``, where
+    ``view`` transposes a 2-D tensor (``transpose``), then reshapes or broadcasts it to the IR
+    shape. ``initializer`` names the file's tensor as stored, the one a quantizer rounds.
+
+    Radii given on the file tensor map to the IR exactly (``radius``), and a witness maps
+    back (``to_file``), so perturbations and witnesses are stated in the file's own terms.
+    """
+
+    initializer: str
+    file_shape: tuple[int, ...]
+    factor: float = 1.0
+    transpose: bool = False
+
+    def view(self, t: Tensor, ir_shape: tuple[int, ...]) -> Tensor:
+        """A file-shaped tensor ``t`` laid out as the IR parameter (without the factor)."""
+        t = t.reshape(self.file_shape)
+        if self.transpose:
+            t = t.T
+        if t.numel() == 1:
+            t = t.reshape(())
+        if t.numel() == int(np.prod(ir_shape)):
+            return t.reshape(ir_shape)
+        return torch.broadcast_to(t, ir_shape)
+
+    def radius(self, file_radius: Tensor, ir_shape: tuple[int, ...]) -> Tensor:
+        """The IR radius of a file radius: ``|factor| * view(r)``, rounded up."""
+        r = self.view(file_radius, ir_shape)
+        if abs(self.factor) == 1.0:
+            return r.clone()
+        scaled = abs(self.factor) * r
+        return torch.nextafter(scaled, torch.full_like(scaled, torch.inf))
+
+    def to_file(self, ir_value: Tensor) -> np.ndarray | None:
+        """The file tensor that gives ``ir_value`` (float64), or ``None`` for factor 0 (any
+        value does). Broadcast entries take the last IR entry that reads them."""
+        if self.factor == 0.0:
+            return None
+        v = (ir_value.detach().cpu().to(DTYPE) / self.factor).numpy()
+        size = int(np.prod(self.file_shape))
+        index = np.arange(size).reshape(self.file_shape)
+        if self.transpose:
+            index = index.T
+        if size == 1:
+            index = index.reshape(())
+        index = index.reshape(v.shape) if index.size == v.size else np.broadcast_to(index, v.shape)
+        out = np.zeros(size, dtype=np.float64)
+        out[index.ravel()] = v.ravel()
+        return out.reshape(self.file_shape)
+
+
 class Network(torch.nn.Module):
     """A DAG of ops. ``input_shape`` excludes the batch dimension.
 
     ``head`` names the final node when it is a sigmoid/softmax head (``logits_node`` is then
     its input); otherwise ``logits_node`` is the output node.
+
+    ``sources`` maps parameter names (``"<node>.<param>"``) to their tensors in the model file
+    (ONNX intake); ``fixed`` names the file's constants that are not parameters (input
+    normalisation, standalone elementwise constants), which no perturbation moves.
     """
 
     def __init__(
@@ -41,8 +98,12 @@ class Network(torch.nn.Module):
         input_shape: tuple[int, ...],
         head: str | None = None,
         name: str = "network",
+        sources: Mapping[str, ParamSource] | None = None,
+        fixed: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
+        self.sources: dict[str, ParamSource] = dict(sources or {})
+        self.fixed = fixed
         if not nodes:
             raise InputError("the network has no operations")
         self.nodes = nodes
@@ -95,7 +156,7 @@ class Network(torch.nn.Module):
         if all(op is n.op for op, n in zip(ops, self.nodes, strict=True)):
             return self
         nodes = [Node(n.name, op, n.inputs) for op, n in zip(ops, self.nodes, strict=True)]
-        return Network(nodes, self.input_shape, self.head, self.name)
+        return Network(nodes, self.input_shape, self.head, self.name, self.sources, self.fixed)
 
     def with_params(self, per_node: Mapping[str, Mapping[str, Tensor]]) -> Network:
         """The same graph with some nodes' parameters replaced (values may be batched: one
@@ -107,6 +168,19 @@ class Network(torch.nn.Module):
     def to_device(self, device: torch.device) -> Network:
         """The same graph with every op's tensors on ``device`` (itself when they are)."""
         return self.map_ops(lambda n: n.op.to(device))
+
+    def file_params(self, ir_params: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
+        """The model file's initializers (by name, float64) that give these IR parameter
+        values; IR parameters without a source in the file are left out."""
+        out: dict[str, np.ndarray] = {}
+        for name, value in ir_params.items():
+            src = self.sources.get(name)
+            if src is None:
+                continue
+            mapped = src.to_file(value)
+            if mapped is not None:
+                out[src.initializer] = mapped
+        return out
 
     def num_params(self) -> int:
         return sum(int(t.numel()) for t in self.param_tensors().values())

@@ -47,6 +47,7 @@ from quantcert.network import INPUT, Network, Node
 from quantcert.ops import (
     Affine,
     AvgPool,
+    BatchNorm,
     Conv,
     Identity,
     LeakyReLU,
@@ -230,13 +231,19 @@ def _conv_norm(node: Node, in_shape: tuple[int, ...], iters: int, seed: int) -> 
 def maxpool_windows(op: MaxPool, in_shape: tuple[int, ...]) -> int:
     """Largest number of pooling windows that one input element belongs to."""
     worst = 1
-    for size, k, s, p in zip(in_shape[-2:], op.kernel, op.stride, op.padding, strict=True):
-        n_out = (size + 2 * p - k) // s + 1
+    dims = zip(in_shape[-2:], op.kernel, op.stride, op.padding, op.dilation, strict=True)
+    for size, k, s, p, d in dims:
+        n_out = (size + 2 * p - d * (k - 1) - 1) // s + 1
         counts = [
-            sum(1 for a in range(n_out) if a * s - p <= i <= a * s - p + k - 1) for i in range(size)
+            sum(1 for a in range(n_out) if _tap(i - (a * s - p), k, d)) for i in range(size)
         ]
         worst *= max(counts)
     return worst
+
+
+def _tap(offset: int, kernel: int, dilation: int) -> bool:
+    """Whether an input ``offset`` places after a window's start is one of its taps."""
+    return 0 <= offset <= dilation * (kernel - 1) and offset % dilation == 0
 
 
 def _fixed(node: Node, value: float, method: str) -> LayerNorm:
@@ -268,6 +275,9 @@ def layer_norm(node: Node, in_shape: tuple[int, ...], iters: int = 300, seed: in
         return _fixed(node, 1.0, "isometry")
     if isinstance(op, Scale):
         return _fixed(node, float(op.scale.abs().max()), "max |scale|")
+    if isinstance(op, BatchNorm):
+        bound = float(op.scale().abs().max()) * (1 + REL_MARGIN)
+        return _fixed(node, bound, "batch norm: max |gamma / sqrt(var + eps)|")
     if isinstance(op, MaxPool):
         m = maxpool_windows(op, in_shape)
         return _fixed(node, math.sqrt(m), f"sqrt({m} windows per input)")

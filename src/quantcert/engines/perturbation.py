@@ -42,17 +42,79 @@ def inner_limits(t0: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
     return lo, hi
 
 
+def _matches(net: Network, name: str, pattern: str) -> bool:
+    """``pattern`` names the IR parameter, its layer, or its initializer in the model file."""
+    src = net.sources.get(name)
+    return (
+        name == pattern
+        or name.split(".")[0] == pattern
+        or (src is not None and src.initializer == pattern)
+    )
+
+
 def _selected(net: Network, select: Iterable[str] | None) -> dict[str, Tensor]:
     params = net.param_tensors()
     if select is None:
         return params
     chosen: dict[str, Tensor] = {}
     for pattern in select:
-        hits = {k: v for k, v in params.items() if k == pattern or k.split(".")[0] == pattern}
+        hits = {k: v for k, v in params.items() if _matches(net, k, pattern)}
         if not hits:
-            raise InputError(f"no parameter or layer named {pattern!r}; have {sorted(params)}")
+            files = sorted({s.initializer for s in net.sources.values()})
+            raise InputError(
+                f"no parameter, layer or initializer named {pattern!r}; have {sorted(params)}"
+                + (f" and initializers {files}" if files else "")
+            )
         chosen.update(hits)
     return chosen
+
+
+def _describe(
+    net: Network, radius: Mapping[str, Tensor], how: dict[str, object]
+) -> dict[str, object]:
+    """The description echoed in results: how the radii were made, and which tensors of the
+    model file they move (by initializer name) and which constants stay fixed."""
+    out = dict(how)
+    if net.sources:
+        moved = {
+            net.sources[k].initializer
+            for k, r in radius.items()
+            if k in net.sources and bool((r > 0).any())
+        }
+        out["tensors"] = sorted(moved)
+        out["stated_on"] = "file initializers"
+    else:
+        out["tensors"] = sorted(k for k, r in radius.items() if bool((r > 0).any()))
+        out["stated_on"] = "network parameters"
+    if net.fixed:
+        out["fixed_constants"] = list(net.fixed)
+    return out
+
+
+def _checked(net: Network, radius: dict[str, Tensor], how: dict[str, object]) -> Perturbation:
+    """The perturbation, after every op confirmed its parameter box is inside its domain."""
+    for node in net.nodes:
+        prefix = node.name + "."
+        mine = {k[len(prefix) :]: v for k, v in radius.items() if k.startswith(prefix)}
+        problem = node.op.check_radius(mine) if mine else None
+        if problem is not None:
+            names = ", ".join(
+                net.sources[prefix + p].initializer if prefix + p in net.sources else prefix + p
+                for p in mine
+            )
+            raise InputError(
+                f"perturbation of {node.name} ({names}): {problem}; leave it out with --select "
+                "or use a smaller radius"
+            )
+    return Perturbation(radius, _describe(net, radius, how))
+
+
+def _file_radius(net: Network, name: str, value: Tensor, delta: float) -> Tensor:
+    """An absolute ``delta`` on the file's tensor, as the IR parameter's radius."""
+    src = net.sources.get(name)
+    if src is None:
+        return torch.full_like(value, delta)
+    return src.radius(torch.full(src.file_shape, delta, dtype=value.dtype), tuple(value.shape))
 
 
 def _check_delta(value: float, flag: str) -> None:
@@ -63,15 +125,16 @@ def _check_delta(value: float, flag: str) -> None:
 def absolute(net: Network, delta: float, select: Iterable[str] | None = None) -> Perturbation:
     """The seed's model: every selected parameter moves by at most ``delta``."""
     _check_delta(delta, "--delta")
-    radius = {k: torch.full_like(v, delta) for k, v in _selected(net, select).items()}
-    return Perturbation(radius, {"kind": "absolute", "delta": delta})
+    radius = {k: _file_radius(net, k, v, delta) for k, v in _selected(net, select).items()}
+    return _checked(net, radius, {"kind": "absolute", "delta": delta})
 
 
 def relative(net: Network, delta: float, select: Iterable[str] | None = None) -> Perturbation:
-    """Each selected parameter moves by at most ``delta * |theta0|``."""
+    """Each selected parameter moves by at most ``delta * |theta0|`` (the same whether stated
+    on the file's tensor or on the IR parameter: ``|factor * t| = |factor| |t|``)."""
     _check_delta(delta, "--relative")
     radius = {k: delta * v.abs() for k, v in _selected(net, select).items()}
-    return Perturbation(radius, {"kind": "relative", "delta": delta})
+    return _checked(net, radius, {"kind": "relative", "delta": delta})
 
 
 def explicit(net: Network, radius: Mapping[str, Tensor]) -> Perturbation:
@@ -85,4 +148,4 @@ def explicit(net: Network, radius: Mapping[str, Tensor]) -> Perturbation:
         if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
             raise InputError(f"radius of {name!r} must be finite and >= 0")
         out[name] = r
-    return Perturbation(out, {"kind": "explicit", "tensors": sorted(out)})
+    return _checked(net, out, {"kind": "explicit"})

@@ -6,12 +6,14 @@ from quantcert.ops.base import DTYPE, Box, Op
 from quantcert.ops.conv import Conv
 from quantcert.ops.heads import Softmax
 from quantcert.ops.linear import AvgPool, Pad, Reshape, Scale, Sum
+from quantcert.ops.normalization import BatchNorm
 from quantcert.ops.pooling import MaxPool
 
 __all__ = [
     "DTYPE",
     "Affine",
     "AvgPool",
+    "BatchNorm",
     "Box",
     "Conv",
     "Identity",

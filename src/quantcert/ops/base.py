@@ -120,6 +120,11 @@ class Op:
         """
         return None
 
+    def check_radius(self, radius: Mapping[str, Tensor]) -> str | None:
+        """Why these parameter radii leave the op's domain (e.g. a negative variance), or
+        ``None`` when every parameter in the box is valid."""
+        return None
+
     def with_params(self, params: Mapping[str, Tensor]) -> Op:
         """A shallow copy whose parameters (the centres ``theta0``) are replaced by ``params``;
         values may be batched ``(B, *shape)``."""

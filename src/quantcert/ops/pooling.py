@@ -14,17 +14,26 @@ from quantcert.ops.base import Box, Op
 class MaxPool(Op):
     nonlinear = True
 
+    """Windows of ``kernel`` taps ``dilation`` apart, every ``stride``, over the input padded
+    symmetrically by ``padding`` (padding never wins the max)."""
+
     def __init__(
-        self, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int] = (0, 0)
+        self,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int] = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
     ) -> None:
         super().__init__()
         self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.dilation = dilation
 
     def describe(self) -> str:
-        return f"MaxPool({self.kernel}, stride={self.stride})"
+        extra = "" if self.dilation == (1, 1) else f", dilation={self.dilation}"
+        return f"MaxPool({self.kernel}, stride={self.stride}{extra})"
 
     def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
-        return F.max_pool2d(xs[0], self.kernel, self.stride, self.padding)
+        return F.max_pool2d(xs[0], self.kernel, self.stride, self.padding, self.dilation)
 
     def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
         box = boxes[0]
@@ -35,7 +44,7 @@ class MaxPool(Op):
         ph, pw = self.padding
         padded = F.pad(z, (pw, pw, ph, ph), value=float("-inf"))
         n, c = z.shape[:2]
-        cols = F.unfold(padded, self.kernel, stride=self.stride)
+        cols = F.unfold(padded, self.kernel, dilation=self.dilation, stride=self.stride)
         return cols.reshape(n, c, self.kernel[0] * self.kernel[1], -1)
 
     def _scatter(self, coef: Tensor, onehot: Tensor, in_shape: torch.Size) -> Tensor:
@@ -44,7 +53,9 @@ class MaxPool(Op):
         ph, pw = self.padding
         h, w = in_shape[-2], in_shape[-1]
         cols = (onehot * coef.unsqueeze(2)).reshape(n, -1, coef.shape[-1])
-        full = F.fold(cols, (h + 2 * ph, w + 2 * pw), self.kernel, stride=self.stride)
+        full = F.fold(
+            cols, (h + 2 * ph, w + 2 * pw), self.kernel, dilation=self.dilation, stride=self.stride
+        )
         return full[..., ph : ph + h, pw : pw + w]
 
     def backward(
