@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import settings
 
+import witness_replay
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops import DTYPE, Affine, Box, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 
@@ -133,3 +136,14 @@ def check_splitting_tightens_soundly(net: Network, box: Box, delta: float, sampl
     assert split.upper <= root.upper + 1e-12
     assert float(sampled_max(net, delta, box, n=samples).max()) <= split.upper
     assert split.lower <= split.upper
+
+
+# Every epsilon and flip witness the suite produces is replayed when the session ends.
+witness_replay.install()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def replay_every_witness() -> Iterator[None]:
+    yield
+    problems = witness_replay.check_all()
+    assert not problems, f"{len(problems)} witnesses do not replay: " + "; ".join(problems[:10])

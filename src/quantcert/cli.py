@@ -68,7 +68,43 @@ MethodOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (a GPU for nets of 100k+ parameters), cpu, cuda")
 ]
-LevelOpt = Annotated[float | None, typer.Option(help="Decision level (sigmoid: 0.5)")]
+LevelOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Decision level: default 0 on a raw score, 0.5 after a sigmoid (several classes: "
+        "argmax); every engine uses it, and the JSON spec echoes it"
+    ),
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-budget",
+        help="Memory for the query, bytes or with a suffix (512M, 4G); default half the "
+        "machine's. A search that would pass it stops with the bounds so far (bounded)",
+    ),
+]
+
+_SUFFIXES = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_memory(text: str | None) -> int | None:
+    """``--memory-budget``: bytes, or a number with K, M, G or T (binary units, an optional
+    trailing B or iB); ``None`` keeps the default (half the machine)."""
+    if text is None:
+        return None
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, suffix = (raw[:-1], raw[-1]) if raw and raw[-1] in _SUFFIXES else (raw, "")
+    try:
+        value = float(number) * _SUFFIXES[suffix]
+    except ValueError:
+        raise InputError(
+            f"--memory-budget must be bytes or a size like 512M or 4G, got {text!r}"
+        ) from None
+    if not value >= 1 or value == float("inf"):
+        raise InputError(f"--memory-budget must be a positive size, got {text!r}")
+    return int(value)
+
+
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="quantcert (bounds + B&B) or exact (SCIP, small nets)")
 ]
@@ -126,7 +162,9 @@ def _engine(name: str) -> str:
     return name
 
 
-def _budget(gap: float, timeout: float, method: str, device: str = "auto") -> Any:
+def _budget(
+    gap: float, timeout: float, method: str, device: str = "auto", memory: str | None = None
+) -> Any:
     from quantcert.analyses.epsilon import Budget
     from quantcert.engines.device import pick_device
 
@@ -137,8 +175,16 @@ def _budget(gap: float, timeout: float, method: str, device: str = "auto") -> An
         raise InputError("--gap must be >= 0 and --timeout > 0")
     from quantcert.report.progress import BoundsProgress
 
+    limit = parse_memory(memory)
     progress = BoundsProgress("branch and bound")
-    return Budget(gap=gap, timeout=timeout, method=method, progress=progress, device=device)  # type: ignore[arg-type]
+    return Budget(
+        gap=gap,
+        timeout=timeout,
+        method=method,  # type: ignore[arg-type]
+        progress=progress,
+        device=device,
+        memory=limit,
+    )
 
 
 def _emit_query(result: Any, json_target: str | None, budget: Any = None) -> None:
@@ -173,11 +219,12 @@ def epsilon(
     method: MethodOpt = "crown",
     engine: EngineOpt = "quantcert",
     device: DeviceOpt = "auto",
+    memory_budget: MemoryOpt = None,
     json: JsonOpt = None,
 ) -> None:
     """Largest output change |f_theta(x) - f_theta0(x)| (seed 000 Defs. 1-2)."""
     net, pert, box = _query_setup(model, delta, relative, select, at, domain)
-    budget = _budget(gap, timeout, method, device)
+    budget = _budget(gap, timeout, method, device, memory_budget)
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import epsilon_exact
 
@@ -201,11 +248,12 @@ def flip(
     level: LevelOpt = None,
     engine: EngineOpt = "quantcert",
     device: DeviceOpt = "auto",
+    memory_budget: MemoryOpt = None,
     json: JsonOpt = None,
 ) -> None:
     """Can a parameter setting in the box change the label? (seed 000 Defs. 3-4)."""
     net, pert, box = _query_setup(model, delta, relative, select, at, domain)
-    budget = _budget(0.0, timeout, method, device)
+    budget = _budget(0.0, timeout, method, device, memory_budget)
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import flip_exact
 
@@ -226,12 +274,14 @@ def sigma(
     gap: GapOpt = 1e-4,
     timeout: TimeoutOpt = 60.0,
     engine: EngineOpt = "quantcert",
+    memory_budget: MemoryOpt = None,
     json: JsonOpt = None,
 ) -> None:
     """Largest distance from the decision level that can still flip, per side (Def. 5)."""
     from quantcert.analyses.paper_cli import sigma_command
 
-    sigma_command(model, delta, relative, domain, level, gap, timeout, _engine(engine), json)
+    limit = parse_memory(memory_budget)
+    sigma_command(model, delta, relative, domain, level, gap, timeout, _engine(engine), json, limit)
 
 
 @app.command()

@@ -90,6 +90,7 @@ class Network(torch.nn.Module):
     ``sources`` maps parameter names (``"<node>.<param>"``) to their tensors in the model file
     (ONNX intake); ``fixed`` names the file's constants that are not parameters (input
     normalisation, standalone elementwise constants), which no perturbation moves.
+    ``origin`` is the model file's path, where there is one.
     """
 
     def __init__(
@@ -100,10 +101,12 @@ class Network(torch.nn.Module):
         name: str = "network",
         sources: Mapping[str, ParamSource] | None = None,
         fixed: tuple[str, ...] = (),
+        origin: str | None = None,
     ) -> None:
         super().__init__()
         self.sources: dict[str, ParamSource] = dict(sources or {})
         self.fixed = fixed
+        self.origin = origin
         if not nodes:
             raise InputError("the network has no operations")
         self.nodes = nodes
@@ -156,7 +159,9 @@ class Network(torch.nn.Module):
         if all(op is n.op for op, n in zip(ops, self.nodes, strict=True)):
             return self
         nodes = [Node(n.name, op, n.inputs) for op, n in zip(ops, self.nodes, strict=True)]
-        return Network(nodes, self.input_shape, self.head, self.name, self.sources, self.fixed)
+        return Network(
+            nodes, self.input_shape, self.head, self.name, self.sources, self.fixed, self.origin
+        )
 
     def with_params(self, per_node: Mapping[str, Mapping[str, Tensor]]) -> Network:
         """The same graph with some nodes' parameters replaced (values may be batched: one

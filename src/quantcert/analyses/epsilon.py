@@ -20,8 +20,27 @@ from quantcert.engines.attack import (
     search,
     search_rows,
 )
-from quantcert.engines.bab import BabOutcome, best_of, maximise
-from quantcert.engines.bounds import Method, Radii, bound_spec, engine_threads
+from quantcert.engines.bab import (
+    BabOutcome,
+    Memory,
+    best_of,
+    best_witness,
+    default_memory_budget,
+    lower_of,
+    maximise,
+    reached,
+    tightest,
+    upper_of,
+)
+from quantcert.engines.bounds import (
+    Method,
+    Radii,
+    batch_bytes,
+    bound_spec,
+    engine_threads,
+    memory_cap,
+    require_finite,
+)
 from quantcert.engines.device import pick_device, placed
 from quantcert.engines.pair import difference_network, pair_radii
 from quantcert.engines.param_split import JointSearch, choose_parameters, splits_parameters
@@ -41,6 +60,22 @@ class Budget:
     method: Method = "crown"
     progress: Callable[[float, float, int], None] | None = None
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N" (engines/device.py)
+    memory: int | None = None  # bytes for the whole process; None: half the machine's
+
+    def memory_limit(self) -> int:
+        return self.memory if self.memory is not None else default_memory_budget()
+
+
+#: The reason a certificate carries when the memory budget stopped its search.
+MEMORY_REASON = "memory budget reached"
+
+
+def certificate_status(bab_status: str) -> tuple[str, str | None]:
+    """A branch and bound's end reason as a certificate's (status, reason): the memory
+    budget stops a search short of its gap, so ``bounded`` with a reason."""
+    if bab_status == "memory":
+        return "bounded", MEMORY_REASON
+    return bab_status, None
 
 
 def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
@@ -54,13 +89,13 @@ def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
 
 def _record(net: Network, w: Witness) -> WitnessRecord:
     offsets = {k: v.cpu().numpy() for k, v in w.offsets(net).items()}
-    return WitnessRecord(w.x.cpu().numpy(), offsets, w.value)
+    return WitnessRecord(w.x.cpu().numpy(), offsets, w.value, w.error, w.below_error_scale)
 
 
 def epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget = Budget()) -> QueryResult:
     """Bound ``max |f_theta(x) - f_theta0(x)|`` for x in ``box`` (a point when lo == hi)."""
     device = pick_device(budget.device, net.num_params())
-    with engine_threads(net), placed(device):
+    with engine_threads(net), placed(device), memory_cap(budget.memory_limit()):
         return _epsilon(net.to_device(device), pert.to(device), box.to(device), budget)
 
 
@@ -84,7 +119,16 @@ class _Query:
         return upper  # (B, 2K)
 
     def certificate(self, lower: float, upper: float, status: str, w: Witness) -> Certificate:
-        return Certificate(lower, upper, status, _record(self.net, w), 0.0, _engine(self.budget))
+        """``status`` may be a branch and bound's (``memory``: ``bounded`` with a reason);
+        ``optimal`` only where the gap is really reached."""
+        status, reason = certificate_status(status)
+        if status == "optimal" and not reached(lower, upper, self.budget.gap):
+            status = "bounded"
+        record = _record(self.net, w)
+        return Certificate(lower, upper, status, record, 0.0, _engine(self.budget), reason)
+
+    def memory(self, passes: int = 1) -> Memory:
+        return Memory(self.budget.memory_limit(), batch_bytes(self.pair, passes))
 
 
 def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> QueryResult:
@@ -94,25 +138,30 @@ def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> Quer
     eye = torch.eye(n_out, dtype=DTYPE)
     signs = torch.cat([eye, -eye])
     objective = difference_objective(net, signs)
+    radii = pair_radii(pert, pair)
+    require_finite(pair, box, radii, "epsilon")
     q = _Query(
-        net, pert, box, pair, pair_radii(pert, pair), signs, objective, budget,
-        start + budget.timeout,
+        net, pert, box, pair, radii, signs, objective, budget, start + budget.timeout,
     )  # fmt: skip
     root_rows = q.bound_rows(box)[0]
     witnesses = _first_witnesses(q, n_out)
     per_output = []
     for k in range(n_out):
-        w = max(witnesses[k], witnesses[n_out + k], key=lambda v: v.value)
-        up = float(torch.maximum(root_rows[k], root_rows[n_out + k]))
-        per_output.append(q.certificate(max(w.value, 0.0), max(up, w.value), "bound", w))
-    best = max(witnesses, key=lambda v: v.value)
+        w = best_witness([witnesses[k], witnesses[n_out + k]])
+        up = upper_of(float(root_rows[k]), float(root_rows[n_out + k]))
+        per_output.append(q.certificate(lower_of(w.value, 0.0), upper_of(up, w.value), "bound", w))
+    best = best_witness(witnesses)
     point = bool(torch.equal(box.lo, box.hi))
-    overall = _local(q, best, max(c.upper for c in per_output)) if point else _global(q, best)
+    root_upper = upper_of(*[c.upper for c in per_output])
+    overall = _local(q, best, root_upper) if point else _global(q, best)
     elapsed = time.perf_counter() - start
     overall = _with_time(overall, elapsed)
     # The overall upper bounds every output's change, and may be tighter after splitting.
     per_output = [
-        _with_time(dataclasses.replace(c, upper=max(min(c.upper, overall.upper), c.lower)), elapsed)
+        _with_time(
+            dataclasses.replace(c, upper=upper_of(tightest(c.upper, overall.upper), c.lower)),
+            elapsed,
+        )
         for c in per_output
     ]
     return QueryResult(
@@ -149,15 +198,15 @@ def _first_witnesses(q: _Query, n_out: int) -> list[Witness]:
 def _local(q: _Query, best: Witness, upper: float) -> Certificate:
     """At a point: the root bound, then ReLU splits, then splits of the parameter box."""
     lower, gap = best.value, q.budget.gap
-    status = "optimal" if upper - lower <= gap else "bounded"
+    status = "optimal" if reached(lower, upper, gap) else "bounded"
     if status == "bounded" and relu_inputs(q.pair):
         split = _split_relus(q, lower)
-        upper = max(min(upper, split.upper), lower)
-        status = "optimal" if upper - lower <= gap else split.status
+        upper = upper_of(tightest(upper, split.upper), lower)
+        status = "optimal" if reached(lower, upper, gap) else split.status
     if status == "bounded" and splits_parameters(q.pert):  # not after a timeout or Ctrl-C
         out = best_of(BabOutcome(lower, upper, best, status, 0, 0), _joint(q, best))
         lower, upper, best = out.lower, out.upper, out.witness
-        status = "optimal" if upper - lower <= gap else out.status
+        status = "optimal" if reached(lower, upper, gap) else out.status
     return q.certificate(lower, upper, status, best)
 
 
@@ -170,7 +219,7 @@ def _global(q: _Query, best: Witness) -> Certificate:
     if out.status != "exhausted" or not joint_next:
         return q.certificate(out.lower, out.upper, out.status, out.witness)
     out = best_of(out, _joint(q, out.witness))
-    status = "optimal" if out.upper - out.lower <= q.budget.gap else out.status
+    status = "optimal" if reached(out.lower, out.upper, q.budget.gap) else out.status
     return q.certificate(out.lower, out.upper, status, out.witness)
 
 
@@ -181,7 +230,9 @@ def _split_relus(q: _Query, lower: float) -> SplitOutcome:
         upper, bounds = bound_spec(q.pair, boxes, q.radii, q.signs, q.budget.method, clamp=clamp)
         return upper.max(1).values, bounds
 
-    return maximise_over_splits(q.pair, bound, q.box, lower, q.budget.gap, q.deadline)
+    return maximise_over_splits(
+        q.pair, bound, q.box, lower, q.budget.gap, q.deadline, memory=q.memory()
+    )
 
 
 def _joint(q: _Query, start: Witness) -> BabOutcome:
@@ -199,7 +250,14 @@ def _joint(q: _Query, start: Witness) -> BabOutcome:
         q.objective,
         q.signs.shape[0],
     )
-    return search_space.maximise(q.box, start, q.budget.gap, q.deadline, progress=q.budget.progress)
+    return search_space.maximise(
+        q.box,
+        start,
+        q.budget.gap,
+        q.deadline,
+        progress=q.budget.progress,
+        memory=Memory(q.budget.memory_limit(), batch_bytes(q.pair)),
+    )
 
 
 def _split_inputs(q: _Query, start: Witness, max_boxes: int) -> BabOutcome:
@@ -224,7 +282,7 @@ def _split_inputs(q: _Query, start: Witness, max_boxes: int) -> BabOutcome:
             steps=steps,
             warm=best[0].params,
         )
-        top = max(found, key=lambda w: w.value)
+        top = best_witness(found)
         best[0] = top if top.value > best[0].value else best[0]
         return top
 
@@ -239,6 +297,7 @@ def _split_inputs(q: _Query, start: Witness, max_boxes: int) -> BabOutcome:
         split_by_gradient=True,
         initial=start,
         progress=q.budget.progress,
+        memory=q.memory(),
     )
 
 
@@ -247,7 +306,7 @@ def _engine(budget: Budget) -> str:
 
 
 def _with_time(c: Certificate, t: float) -> Certificate:
-    return Certificate(c.lower, c.upper, c.status, c.witness, t, c.engine)
+    return dataclasses.replace(c, time_s=t)
 
 
 @dataclass(frozen=True)
@@ -273,7 +332,7 @@ def local_epsilons(
     """Batched Def. 1 at each row of ``points`` (N, *input_shape): one bound pass for all
     points, and a per-point witness search over the parameter box."""
     where = pick_device(device, net.num_params())
-    with engine_threads(net), placed(where):
+    with engine_threads(net), placed(where), memory_cap(default_memory_budget()):
         return _local_epsilons(net.to_device(where), pert.to(where), points, method, steps)
 
 
@@ -285,7 +344,9 @@ def _local_epsilons(
     pair = difference_network(net)
     n_out = int(np.prod(net.shapes()[net.output_node]))
     eye = torch.eye(n_out, dtype=DTYPE)
-    upper, _ = bound_spec(pair, Box(x, x), pair_radii(pert, pair), torch.cat([eye, -eye]), method)
+    radii = pair_radii(pert, pair)
+    require_finite(pair, Box(x, x), radii, "epsilon")
+    upper, _ = bound_spec(pair, Box(x, x), radii, torch.cat([eye, -eye]), method)
     eps_upper = upper.max(1).values
     best, offsets = _point_witnesses(net, pert, x, steps)
     best, eps_upper = best.cpu(), eps_upper.cpu()

@@ -1,12 +1,22 @@
 """``--engine exact``: the seed's queries answered by the SCIP backend, as the same typed
-results our engine returns (a cross-check, and a fallback for small networks)."""
+results our engine returns (a cross-check, and a fallback for small networks).
+
+The same rules as the default engine: the decision level is ``flip.output_level`` (0 on a raw
+score, 0.5 on a sigmoid's probability) and is echoed in the spec; ``optimal`` is said only
+when ``upper - lower <= --gap`` (SCIP's own tolerances, and the stated margin added to its dual
+bound, can leave a wider gap: that is ``bounded``); inputs whose bounds overflow are refused.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
 from quantcert.analyses.epsilon import Budget
+from quantcert.analyses.flip import level_spec, output_level
 from quantcert.engines import exact
+from quantcert.engines.bab import reached
+from quantcert.engines.bounds import require_finite
+from quantcert.engines.pair import plain_radii
 from quantcert.engines.perturbation import Perturbation
 from quantcert.errors import InputError
 from quantcert.network import Network
@@ -18,8 +28,12 @@ def _radius(pert: Perturbation) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in pert.radius.items()}
 
 
-def exact_certificate(net: Network, res: exact.ExactResult) -> Certificate:
-    """An exact-backend answer as a certificate; witness offsets shaped like the tensors."""
+def exact_certificate(
+    net: Network, res: exact.ExactResult, gap: float | None = None
+) -> Certificate:
+    """An exact-backend answer as a certificate; witness offsets shaped like the tensors.
+    With the requested ``gap``, ``optimal`` becomes ``bounded`` where ``upper - lower``
+    exceeds it."""
     witness = None
     if res.witness_x is not None:
         nominal = net.param_tensors()
@@ -28,7 +42,10 @@ def exact_certificate(net: Network, res: exact.ExactResult) -> Certificate:
             for k, v in res.witness_params.items()
         }
         witness = WitnessRecord(np.asarray(res.witness_x), offsets, res.lower)
-    return Certificate(res.lower, res.upper, res.status, witness, res.time_s, f"exact-{res.engine}")
+    status = res.status
+    if status == "optimal" and gap is not None and not reached(res.lower, res.upper, gap):
+        status = "bounded"
+    return Certificate(res.lower, res.upper, status, witness, res.time_s, f"exact-{res.engine}")
 
 
 def _where(box: Box) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
@@ -42,34 +59,48 @@ def _single_output(net: Network) -> None:
         raise InputError("--engine exact handles single-output networks; use the default engine")
 
 
-def epsilon_exact(net: Network, pert: Perturbation, box: Box, budget: Budget) -> QueryResult:
+def check_query(net: Network, pert: Perturbation, box: Box, what: str) -> None:
+    """One output, and interval bounds that stay finite (``bounds.require_finite``)."""
     _single_output(net)
+    require_finite(net, box, plain_radii(pert, net), what)
+
+
+def epsilon_exact(net: Network, pert: Perturbation, box: Box, budget: Budget) -> QueryResult:
+    check_query(net, pert, box, "epsilon")
     res = exact.max_abs_change(
         net,
         _radius(pert),
         *_where(box),
         time_limit=budget.timeout,
+        gap=0.0,  # SCIP's relative gap would stop it short of --gap on large values
         absgap=budget.gap,
     )
     point = bool(np.array_equal(box.lo.numpy(), box.hi.numpy()))
     spec = {"perturbation": pert.description, "gap": budget.gap, "timeout": budget.timeout}
     return QueryResult(
-        "epsilon " + ("local" if point else "global"), exact_certificate(net, res), (), spec
+        "epsilon " + ("local" if point else "global"),
+        exact_certificate(net, res, budget.gap),
+        (),
+        spec,
     )
 
 
 def flip_exact(
     net: Network, pert: Perturbation, box: Box, budget: Budget, level: float | None
 ) -> QueryResult:
-    _single_output(net)
+    check_query(net, pert, box, "flip")
     res = exact.flip(
         net,
         _radius(pert),
         *_where(box),
-        level=0.5 if level is None else level,
+        level=output_level(net, level),
         time_limit=budget.timeout,
     )
     point = bool(np.array_equal(box.lo.numpy(), box.hi.numpy()))
-    spec = {"perturbation": pert.description, "timeout": budget.timeout}
+    spec = {
+        "perturbation": pert.description,
+        **level_spec(net, level),
+        "timeout": budget.timeout,
+    }
     cert = exact_certificate(net, res)
     return QueryResult("flip " + ("local" if point else "global"), cert, (), spec)

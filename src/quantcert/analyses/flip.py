@@ -17,10 +17,17 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from quantcert.analyses.epsilon import Budget, _record
+from quantcert.analyses.epsilon import MEMORY_REASON, Budget, _record
 from quantcert.engines.attack import Objective, Witness, search
-from quantcert.engines.bab import best_of, maximise
-from quantcert.engines.bounds import Radii, bound_spec, engine_threads
+from quantcert.engines.bab import Memory, best_of, best_witness, maximise
+from quantcert.engines.bounds import (
+    Radii,
+    batch_bytes,
+    bound_spec,
+    engine_threads,
+    memory_cap,
+    require_finite,
+)
 from quantcert.engines.device import pick_device, placed
 from quantcert.engines.pair import NOMINAL, PERTURBED, difference_network, pair_radii
 from quantcert.engines.param_split import JointSearch, choose_parameters, splits_parameters
@@ -39,6 +46,25 @@ def threshold(net: Network, level: float | None) -> float:
             raise InputError(f"--level must lie in (0, 1) for a sigmoid output, got {lv}")
         return math.log(lv / (1 - lv))
     return 0.0 if level is None else level
+
+
+def output_level(net: Network, level: float | None) -> float:
+    """The same decision level in the network's *output* space, for engines that encode the
+    whole network (``--engine exact``): the probability level (default 0.5) after a sigmoid
+    head, else the raw-score threshold ``threshold(net, level)`` (default 0)."""
+    t = threshold(net, level)  # validates the level
+    if net.head is not None and type(net.node(net.head).op).__name__ == "Sigmoid":
+        return 0.5 if level is None else level
+    return t
+
+
+def level_spec(net: Network, level: float | None) -> dict[str, object]:
+    """The decision rule every flip result echoes: ``level`` (output space; ``"argmax"`` for
+    several classes) and ``threshold_logit`` (the logit it compares with)."""
+    k = math.prod(net.shapes()[net.logits_node])
+    if k > 1:
+        return {"level": "argmax", "threshold_logit": threshold(net, level)}
+    return {"level": output_level(net, level), "threshold_logit": threshold(net, level)}
 
 
 def labels(logits: Tensor, t: float) -> Tensor:
@@ -133,7 +159,7 @@ def flip(
 ) -> QueryResult:
     """Def. 3 at a point (``box.lo == box.hi``), Def. 4 over an input box."""
     device = pick_device(budget.device, net.num_params())
-    with engine_threads(net), placed(device):
+    with engine_threads(net), placed(device), memory_cap(budget.memory_limit()):
         return _flip(net.to_device(device), pert.to(device), box.to(device), budget, level)
 
 
@@ -144,6 +170,8 @@ def _flip(
     t = threshold(net, level)
     pair = difference_network(net, logits=True)
     radii = pair_radii(pert, pair)
+    require_finite(pair, box, radii, "flip")
+    memory = Memory(budget.memory_limit(), batch_bytes(pair, passes=2))
     k = int(net.shapes()[net.logits_node][0]) if len(net.shapes()[net.logits_node]) == 1 else -1
     if k < 1:
         raise InputError("flip needs a network whose logits are a vector")
@@ -161,8 +189,7 @@ def _flip(
     def attack(boxes: Box, steps: int) -> Witness:
         restarts, steps = (1, min(steps, 8)) if large else (4, steps)
         found = search(net, pert, boxes, objective, 2, restarts=restarts, steps=steps)
-        rescored = [_rescore(net, score, w) for w in found]
-        return max(rescored, key=lambda w: w.value)
+        return best_witness(_rescore(net, score, w) for w in found)
 
     def decided(lo: float, up: float) -> bool:
         return lo > 0 or up < 0
@@ -179,6 +206,7 @@ def _flip(
         decided=decided,
         progress=budget.progress,
         split_by_gradient=True,
+        memory=memory,
     )
     if out.status == "exhausted" and joint_next and not decided(out.lower, out.upper):
         # Input splits ran out (always so at a point): split the parameters too.
@@ -198,13 +226,17 @@ def _flip(
             rescore=lambda w: _rescore(net, score, w),
         )
         out = best_of(
-            out, space.maximise(box, out.witness, 0.0, deadline, decided, budget.progress)
+            out,
+            space.maximise(box, out.witness, 0.0, deadline, decided, budget.progress, memory),
         )
     w = out.witness
     params = {name: v.unsqueeze(0) for name, v in w.params.items()}
     x = w.x.unsqueeze(0)
-    really = bool(labels(net.logits(x, params), t) != labels(net.logits(x), t))
+    z_p, z_n = net.logits(x, params), net.logits(x)
+    finite = bool(torch.isfinite(z_p).all()) and bool(torch.isfinite(z_n).all())
+    really = finite and bool(labels(z_p, t) != labels(z_n, t))
     status = "falsified" if really else ("verified" if out.upper < 0 else "unknown")
+    reason = MEMORY_REASON if status == "unknown" and out.status == "memory" else None
     cert = Certificate(
         w.value,
         out.upper,
@@ -212,6 +244,7 @@ def _flip(
         _record(net, w),
         time.perf_counter() - start,
         f"quantcert-{budget.method}",
+        reason,
     )
     point = bool(torch.equal(box.lo, box.hi))
     return QueryResult(
@@ -220,7 +253,7 @@ def _flip(
         (),
         {
             "perturbation": pert.description,
-            "threshold_logit": t,
+            **level_spec(net, level),
             "timeout": budget.timeout,
             "score": "positive iff the label changes; upper < 0 proves no flip",
         },

@@ -35,7 +35,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from quantcert.analyses.lipschitz import LipschitzBound, lipschitz_bound
-from quantcert.engines.deepfool import deepfool
+from quantcert.engines.deepfool import LogitsFn, deepfool
 from quantcert.errors import InputError
 from quantcert.network import Network
 from quantcert.ops.base import DTYPE
@@ -123,6 +123,32 @@ def _norms(t: Tensor) -> Tensor:
     return out
 
 
+def labels_of(logits: Tensor) -> Tensor:
+    """Predicted classes (N,): the argmax of several logits; for one logit (a binary score,
+    or the logit of a sigmoid head) class 1 where it is positive, the flip level 0."""
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(1)
+
+
+def two_logits(fn: LogitsFn) -> LogitsFn:
+    """A one-logit function ``z`` as the two logits ``(0, z)``: DeepFool's classes, whose
+    decision boundary is ``z = 0`` (binary DeepFool)."""
+
+    def pair(x: Tensor, index: Tensor) -> Tensor:
+        z = fn(x, index).reshape(x.shape[0], 1)
+        return torch.cat([torch.zeros_like(z), z], 1)
+
+    return pair
+
+
+def deepfool_model(net: Network) -> Network | LogitsFn:
+    """What DeepFool attacks: the network's logits, or ``two_logits`` of a single one."""
+    if int(np.prod(net.shapes()[net.logits_node])) != 1:
+        return net
+    return two_logits(lambda x, index: net.logits(x))
+
+
 def kappa_of(net: Network, x: Tensor, dx: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Kappa and gain (N,) of perturbations ``dx`` at ``x`` (N, *input_shape), float64."""
     with torch.no_grad():
@@ -153,7 +179,7 @@ def _consider(
         return
     xi, xa = x[i : i + 1], x[i : i + 1] + dx[i : i + 1]
     with torch.no_grad():
-        before, after = int(net.logits(xi).argmax()), int(net.logits(xa).argmax())
+        before, after = int(labels_of(net.logits(xi))[0]), int(labels_of(net.logits(xa))[0])
     best.kappa = float(finite[i])
     best.witness = KappaWitness(
         offset + i,
@@ -169,15 +195,17 @@ def _consider(
 def _measure_chunk(
     net: Network, x: Tensor, draws: int, gen: torch.Generator, best: dict[str, _Best], offset: int
 ) -> dict[str, Tensor]:
-    df = deepfool(net, x)
+    df = deepfool(deepfool_model(net), x)
     dx = df.perturbation
-    k_df, g_df = kappa_of(net, x, dx, df.logits)
+    with torch.no_grad():
+        y = net.logits(x)  # the network's own logits (DeepFool's may be the binary pair)
+    k_df, g_df = kappa_of(net, x, dx, y)
     _consider(best["deepfool"], net, x, dx, k_df, g_df, offset)
     k_rand = torch.full_like(k_df, -math.inf)
     g_rand = torch.full_like(k_df, math.nan)
     best_dx = torch.zeros_like(dx)
     for r in _random_like(dx, draws, gen):
-        k, g = kappa_of(net, x, r, df.logits)
+        k, g = kappa_of(net, x, r, y)
         better = torch.nan_to_num(k, nan=-math.inf) > k_rand
         k_rand, g_rand = torch.where(better, k, k_rand), torch.where(better, g, g_rand)
         best_dx[better] = r[better]
@@ -185,7 +213,7 @@ def _measure_chunk(
     _consider(best["random"], net, x, best_dx, k_rand, g_rand, offset)
     return {
         "x_norm": _norms(x),
-        "y_norm": _norms(df.logits),
+        "y_norm": _norms(y),
         "dx_norm": df.norm,
         "deepfool_kappa": k_df,
         "deepfool_gain": g_df,
@@ -353,7 +381,7 @@ def _analytic(net: Network, images: Tensor, bound: LipschitzBound) -> tuple[np.n
     with torch.no_grad():
         y = torch.cat([net.logits(images[i : i + 1000]) for i in range(0, len(images), 1000)])
     k = (bound.product * _norms(images) / _norms(y)).numpy()
-    return k, np.full_like(k, bound.product), y.argmax(1).numpy()
+    return k, np.full_like(k, bound.product), labels_of(y).numpy()
 
 
 def result_for(

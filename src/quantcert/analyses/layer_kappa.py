@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from quantcert.analyses.kappa import min_bits, stats
+from quantcert.analyses.kappa import min_bits, stats, two_logits
 from quantcert.analyses.lipschitz import LipschitzBound, lipschitz_bound, logit_nodes
 from quantcert.engines.deepfool import LogitsFn, deepfool
 from quantcert.network import INPUT, Network, Node
@@ -145,7 +145,7 @@ def _layer(
     z, y = clean[name], clean[net.logits_node]
     fn = tail_function(net, clean, name)
     everyone = torch.arange(z.shape[0])
-    df = deepfool(fn, z)
+    df = deepfool(two_logits(fn) if y.shape[1] == 1 else fn, z)
     ratio = _norms(z) / _norms(y)
     with torch.no_grad():
         k_df = _norms(fn(z + df.perturbation, everyone) - y) / df.norm * ratio

@@ -234,9 +234,7 @@ def maxpool_windows(op: MaxPool, in_shape: tuple[int, ...]) -> int:
     dims = zip(in_shape[-2:], op.kernel, op.stride, op.padding, op.dilation, strict=True)
     for size, k, s, p, d in dims:
         n_out = (size + 2 * p - d * (k - 1) - 1) // s + 1
-        counts = [
-            sum(1 for a in range(n_out) if _tap(i - (a * s - p), k, d)) for i in range(size)
-        ]
+        counts = [sum(1 for a in range(n_out) if _tap(i - (a * s - p), k, d)) for i in range(size)]
         worst *= max(counts)
     return worst
 
@@ -252,7 +250,9 @@ def _fixed(node: Node, value: float, method: str) -> LayerNorm:
 
 def _activation_norm(node: Node) -> LayerNorm | None:
     op = node.op
-    if isinstance(op, LeakyReLU | Identity | Tanh):
+    if isinstance(op, LeakyReLU):
+        return _fixed(node, op.lipschitz, "LeakyReLU: max(1, |slope|)")
+    if isinstance(op, Identity | Tanh):
         return _fixed(node, 1.0, "1-Lipschitz activation")
     if isinstance(op, Sigmoid):
         return _fixed(node, 0.25, "sigmoid: |s'| <= 1/4")

@@ -9,7 +9,7 @@ from typing import Any
 
 from quantcert.analyses.epsilon import Budget, input_box
 from quantcert.analyses.exact_queries import exact_certificate
-from quantcert.analyses.sigma import SigmaResult, make_problem, sigma
+from quantcert.analyses.sigma import SigmaResult, check_finite, make_problem, sigma
 from quantcert.engines import perturbation
 from quantcert.errors import InputError
 from quantcert.network import Network
@@ -27,9 +27,11 @@ def sigma_command(
     timeout: float,
     engine: str,
     json_target: str | None,
+    memory: int | None = None,
 ) -> None:
     """Sigma per side (Def. 5) over ``domain`` with our engine (``quantcert``) or SCIP
-    (``exact``); prints the table, or writes JSON to ``json_target`` (``-``: stdout)."""
+    (``exact``); prints the table, or writes JSON to ``json_target`` (``-``: stdout).
+    ``memory``: the budget in bytes (default half the machine's)."""
     from quantcert.intake import BUILTIN_CASES, load
     from quantcert.intake.domain import parse_domain
 
@@ -52,7 +54,7 @@ def sigma_command(
         columns = case_info(model).columns
     lo, hi = parse_domain(domain, math.prod(net.input_shape), csv_columns=columns)
     box = input_box(net, lo, hi)
-    budget = Budget(gap=gap, timeout=timeout)
+    budget = Budget(gap=gap, timeout=timeout, memory=memory)
     if engine == "exact":
         result = sigma_exact(net, pert, box, budget, level)
     else:
@@ -78,6 +80,7 @@ def sigma_exact(
     problem = make_problem(net, pert, level)
     if not problem.sigmoid:
         raise InputError("--engine exact computes sigma for sigmoid heads only")
+    check_finite(problem, box)
     start = time.perf_counter()
     radius = {k: v.numpy() for k, v in pert.radius.items()}
     lo, hi = box.lo[0].flatten().numpy(), box.hi[0].flatten().numpy()
@@ -89,7 +92,7 @@ def sigma_exact(
         time_limit=budget.timeout,
         absgap=budget.gap,
     )
-    sides = [exact_certificate(net, r) for r in (res.above, res.below)]
+    sides = [exact_certificate(net, r, budget.gap) for r in (res.above, res.below)]
     spec: dict[str, Any] = {
         "perturbation": pert.description,
         "level": problem.level,

@@ -18,6 +18,7 @@ Softmax / multi-output heads are refused (``InputError``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,12 +27,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from quantcert.analyses.epsilon import Budget, _record
+from quantcert.analyses.epsilon import Budget, _record, certificate_status
 from quantcert.analyses.flip import threshold
 from quantcert.analyses.sigma_search import Problem, side_search
 from quantcert.engines.attack import Witness
-from quantcert.engines.bab import maximise
-from quantcert.engines.bounds import Method, bound_spec, engine_threads
+from quantcert.engines.bab import Memory, lower_of, maximise, reached, upper_of
+from quantcert.engines.bounds import (
+    Method,
+    batch_bytes,
+    bound_spec,
+    engine_threads,
+    memory_cap,
+    require_finite,
+)
 from quantcert.engines.pair import difference_network, pair_radii, plain_radii
 from quantcert.engines.perturbation import Perturbation
 from quantcert.errors import InputError
@@ -124,6 +132,12 @@ def make_problem(net: Network, pert: Perturbation, level: float | None) -> Probl
     return Problem(net, pert, t, lv, sig, pair, pair_radii(pert, pair), plain_radii(pert, net))
 
 
+def check_finite(p: Problem, box: Box) -> None:
+    """Refuse a box whose interval bounds overflow on either network of the problem."""
+    require_finite(p.net, box, p.plain_radii, "sigma")
+    require_finite(p.pair, box, p.pair_radii, "sigma")
+
+
 def side_upper(p: Problem, side: str, boxes: Box, method: Method = "crown") -> Tensor:
     """Sound upper bound (B,) of the side's sigma over each box; ``-inf`` where no input of
     the box can flip on that side."""
@@ -154,7 +168,7 @@ def sigma(
     level: float | None = None,
 ) -> SigmaResult:
     """Eq. 13 per side over the input ``box`` (batch 1): ``SigmaResult`` with both sides."""
-    with engine_threads(net):
+    with engine_threads(net), memory_cap(budget.memory_limit()):
         return _sigma(net, pert, box, budget, level, None)
 
 
@@ -167,7 +181,7 @@ def sigma_verify(
     level: float | None = None,
 ) -> SigmaVerdict:
     """Eq. 10: each side's search stops once it is decided against ``sigma_value``."""
-    with engine_threads(net):
+    with engine_threads(net), memory_cap(budget.memory_limit()):
         res = _sigma(net, pert, box, budget, level, sigma_value)
     sides = (res.above, res.below)
     if any(c.lower >= sigma_value and c.witness is not None for c in sides):
@@ -189,11 +203,12 @@ def _sigma(
 ) -> SigmaResult:
     start = time.perf_counter()
     p = make_problem(net, pert, level)
+    check_finite(p, box)
     engine = f"quantcert-{budget.method}"
     deadline = start + budget.timeout
     certs = [_side(p, side, box, budget, deadline, target, engine) for side in SIDES]
     elapsed = time.perf_counter() - start
-    certs = [Certificate(c.lower, c.upper, c.status, c.witness, elapsed, engine) for c in certs]
+    certs = [dataclasses.replace(c, time_s=elapsed) for c in certs]
     spec = {
         "perturbation": pert.description,
         "level": p.level,
@@ -230,18 +245,27 @@ def _side(
             return True
         return target is not None and (lower >= target or upper < target)
 
-    out = maximise(bound, attack, box, budget.gap, deadline, decided=decided)
+    memory = Memory(budget.memory_limit(), batch_bytes(p.pair, passes=3))
+    out = maximise(bound, attack, box, budget.gap, deadline, decided=decided, memory=memory)
     if out.upper == -math.inf:  # no input of the box can flip on this side
         return Certificate(0.0, 0.0, "verified", None, 0.0, engine)
     w = out.witness
+    status, reason = _status(out.status)
     if w.value == -math.inf:  # none found: sigma >= 0 holds trivially
-        upper = max(out.upper, 0.0)
-        status = "optimal" if upper <= budget.gap else _status(out.status)
-        return Certificate(0.0, upper, status, None, 0.0, engine)
-    status = "optimal" if out.upper - w.value <= budget.gap else _status(out.status)
-    return Certificate(w.value, max(out.upper, w.value), status, _record(p.net, w), 0.0, engine)
+        upper = upper_of(out.upper, 0.0)
+        if reached(0.0, upper, budget.gap):
+            status, reason = "optimal", None
+        return Certificate(0.0, upper, status, None, 0.0, engine, reason)
+    lower = lower_of(w.value)
+    if reached(lower, out.upper, budget.gap):
+        status, reason = "optimal", None
+    upper = upper_of(out.upper, lower)
+    return Certificate(lower, upper, status, _record(p.net, w), 0.0, engine, reason)
 
 
-def _status(bab_status: str) -> str:
-    """B&B's end reason as a certificate status (``exhausted``: stopped short of the gap)."""
-    return "bounded" if bab_status in ("exhausted", "optimal") else bab_status
+def _status(bab_status: str) -> tuple[str, str | None]:
+    """B&B's end reason as a certificate status (``exhausted``: stopped short of the gap;
+    ``memory``: ``bounded`` with a reason)."""
+    if bab_status in ("exhausted", "optimal"):
+        return "bounded", None
+    return certificate_status(bab_status)

@@ -77,8 +77,8 @@ def optimised_upper(
             for t, g in zip(slopes.values(), grads, strict=True):
                 t.grad = g
             optimiser.step()
-            with torch.no_grad():  # projection back onto the sound slopes [leak, 1]
+            with torch.no_grad():  # projection back onto the sound slopes between leak and 1
                 for name, t in slopes.items():
-                    t.clamp_(leaks[name], 1.0)
+                    t.clamp_(min(leaks[name], 1.0), max(leaks[name], 1.0))
     assert best is not None
     return best

@@ -4,10 +4,20 @@ Intervals (IBP) run forward through every node. Before each nonlinear op (and at
 node) the bounds are tightened by a backward linear pass (CROWN): the coefficients ``A`` start
 at the node and flow back through each op's ``backward`` transfer to the input, where they are
 concretised over the box. Each node keeps the intersection of both.
+
+Non-finite values: a box whose node bounds hold a NaN (or an overflow: a lower bound of
+``+inf``, an upper of ``-inf``) gets the spec upper bound ``+inf``, and so does any NaN spec
+bound; ``require_finite`` refuses queries whose interval bounds overflow float64 up front.
+
+Memory: a backward pass costs about ``A_COPIES`` float64 coefficient tensors of
+``rows x batch x width`` (width: the largest node it flows through); ``tighten`` and the spec
+bound run over chunks of rows so that this stays under ``pass_bytes`` (``memory_cap``).
+Chunks change nothing but the peak memory: each row's bound is computed on its own.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal
@@ -15,6 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from quantcert.errors import InputError
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops.activations import Elementwise, LeakyReLU
 from quantcert.ops.base import DTYPE, REL_MARGIN, Box
@@ -22,6 +33,83 @@ from quantcert.ops.base import DTYPE, REL_MARGIN, Box
 Method = Literal["ibp", "crown", "alpha"]  # alpha: CROWN with optimised ReLU slopes
 Radii = Mapping[str, Mapping[str, Tensor]]
 _NO_RADIUS: dict[str, Tensor] = {}
+
+#: Float64 tensors of one backward pass's coefficient shape alive at its peak (measured on
+#: verivital's Convnet_maxpool: one box, 2 x 1214 rows through a 32x27x27 conv, 1.5 GB).
+A_COPIES = 4
+#: Bytes a node's bounds cost per element and box at the peak of a bound pass: lo and hi of
+#: the interval and of the tightened box, and the transfer's temporaries.
+NODE_BYTES = 6 * 8
+#: Interval bounds beyond this magnitude are refused (``require_finite``): products of two
+#: such values (e.g. ReLU relaxation intercepts ``l u / (u - l)``) still fit in float64.
+MAX_MAGNITUDE = 2.0**500
+#: Default cap on one backward pass's coefficient memory (``memory_cap`` lowers it).
+PASS_BYTES = 256 * 2**20
+_pass_bytes = [PASS_BYTES]
+
+
+@contextmanager
+def memory_cap(budget: int | None) -> Iterator[None]:
+    """Within a memory budget (bytes), a backward pass uses at most an eighth of it (and no
+    more than ``PASS_BYTES``) for coefficients."""
+    before = _pass_bytes[0]
+    if budget is not None:
+        _pass_bytes[0] = max(1, min(PASS_BYTES, budget // 8))
+    try:
+        yield
+    finally:
+        _pass_bytes[0] = before
+
+
+def pass_bytes() -> int:
+    """The current cap on one backward pass's coefficient memory."""
+    return _pass_bytes[0]
+
+
+def batch_bytes(net: Network, passes: int = 1) -> int:
+    """Estimated bytes one box adds to a bound batch on ``net``: every node's bounds, and one
+    pair of coefficient rows through the widest node (chunks never go below that), times the
+    ``passes`` a bound makes one after another that stay alive together."""
+    sizes = [math.prod(s) for s in net.shapes().values()]
+    total = sum(sizes) + math.prod(net.input_shape)
+    width = max([*sizes, math.prod(net.input_shape)])
+    return passes * NODE_BYTES * total + 2 * A_COPIES * 8 * width
+
+
+def require_finite(net: Network, box: Box, radii: Radii, what: str = "the query") -> None:
+    """Refuse (``InputError``) an input box or a perturbation whose interval bounds overflow
+    float64 anywhere in ``net``, or come within a square root of it (``MAX_MAGNITUDE``): the
+    relaxations multiply bounds, so an answer computed from them could be meaningless."""
+    if not (bool(torch.isfinite(box.lo).all()) and bool(torch.isfinite(box.hi).all())):
+        raise InputError(f"{what}: the input box must be finite")
+    for r in radii.values():
+        for t in r.values():
+            if not bool(torch.isfinite(t).all()):
+                raise InputError(f"{what}: the perturbation radii must be finite")
+    with torch.no_grad():
+        bounds = bound_nodes(net, box, radii, "ibp")
+    for node in net.nodes:
+        b = bounds[node.name]
+        size = torch.maximum(b.lo.abs(), b.hi.abs())
+        if not bool((size <= MAX_MAGNITUDE).all()):  # also False for NaN
+            top = float(torch.maximum(box.lo.abs(), box.hi.abs()).max())
+            raise InputError(
+                f"{what}: interval bounds of node {node.name!r} exceed {MAX_MAGNITUDE:.3g} "
+                f"(|x| up to {top:.3g}), where float64 products of bounds overflow; "
+                "scale the inputs or the domain down"
+            )
+
+
+def non_finite_boxes(bounds: Mapping[str, Box]) -> Tensor:
+    """Per box (B,): whether any node's bounds hold a NaN, a lower of ``+inf`` or an upper of
+    ``-inf`` (an overflow; no real value is there)."""
+    bad: Tensor | None = None
+    for b in bounds.values():
+        lo, hi = b.lo.flatten(1), b.hi.flatten(1)
+        row = (lo.isnan() | hi.isnan() | (lo == torch.inf) | (hi == -torch.inf)).any(1)
+        bad = row if bad is None else bad | row
+    assert bad is not None
+    return bad
 
 
 @contextmanager
@@ -121,20 +209,38 @@ def tighten(
     rows: Tensor,
     method: Method = "crown",
 ) -> Box:
-    """CROWN bounds of the chosen neurons of node ``name``, returned as a box of its shape."""
+    """CROWN bounds of the chosen neurons of node ``name``, returned as a box of its shape.
+    The rows run in chunks whose coefficients fit ``pass_bytes()``."""
     box = bounds[name]
     b = box.lo.shape[0]
     numel = box.lo[0].numel()
-    eye = torch.zeros((rows.numel(), numel), dtype=DTYPE)
-    eye[torch.arange(rows.numel()), rows] = 1.0
-    spec = torch.cat([eye, -eye]).unsqueeze(1).expand(-1, b, -1)
-    spec = spec.reshape(2 * rows.numel(), b, *box.lo.shape[1:])
-    upper = _upper(net, bounds, radii, name, spec, method)
-    hi_rows, lo_rows = upper[: rows.numel()].T, -upper[rows.numel() :].T  # (B, R)
     lo, hi = box.lo.flatten(1).clone(), box.hi.flatten(1).clone()
-    lo[:, rows] = torch.maximum(lo[:, rows], lo_rows)
-    hi[:, rows] = torch.minimum(hi[:, rows], hi_rows)
+    chunk = _rows_per_pass(net, bounds, name, b, pairs=True)
+    for start in range(0, rows.numel(), chunk):
+        part = rows[start : start + chunk]
+        eye = torch.zeros((part.numel(), numel), dtype=DTYPE)
+        eye[torch.arange(part.numel()), part] = 1.0
+        spec = torch.cat([eye, -eye]).unsqueeze(1).expand(-1, b, -1)
+        spec = spec.reshape(2 * part.numel(), b, *box.lo.shape[1:])
+        upper = _upper(net, bounds, radii, name, spec, method)
+        hi_rows, lo_rows = upper[: part.numel()].T, -upper[part.numel() :].T  # (B, R)
+        # fmax/fmin: a NaN on one side leaves the other (each is sound on its own).
+        lo[:, part] = torch.fmax(lo[:, part], lo_rows)
+        hi[:, part] = torch.fmin(hi[:, part], hi_rows)
     return Box(lo.reshape(box.lo.shape), hi.reshape(box.hi.shape))
+
+
+def _rows_per_pass(
+    net: Network, bounds: Mapping[str, Box], target: str, b: int, pairs: bool = False
+) -> int:
+    """How many spec rows (row pairs with ``pairs``) one backward pass from ``target`` may
+    carry within ``pass_bytes()``; at least one."""
+    width = max(
+        bounds[n.name].lo[0].numel() for n in ancestors_reversed(net, target) if n.name in bounds
+    )
+    width = max(width, bounds[INPUT].lo[0].numel())
+    per_row = A_COPIES * 8 * b * width * (2 if pairs else 1)
+    return max(1, pass_bytes() // per_row)
 
 
 def bound_nodes(
@@ -179,17 +285,24 @@ def bound_spec(
 
     ``spec`` (S, numel) -> upper bounds (B, S); also returns the node bounds used. With
     ``clamp``, a batch element whose clamped bounds are empty gets ``-inf`` (no point there).
+    A batch element whose bounds are not finite (``non_finite_boxes``), and any NaN or
+    ``-inf`` (overflowed) spec bound, gets ``+inf``: no bound.
     """
     target = target or net.output_node
     bounds = bound_nodes(net, box, radii, method, upto=target, clamp=clamp)
     upper = _spec_upper(net, bounds, radii, spec, method, target)
+    upper = torch.where(upper.isnan() | (upper == -torch.inf), torch.inf, upper)
+    checked = {k: v for k, v in bounds.items() if clamp is None or k not in clamp}
+    bad = non_finite_boxes(checked)
     if clamp is not None:
         empty = torch.zeros(upper.shape[0], dtype=torch.bool)
         for name in clamp:
             if name in bounds:
-                empty |= (bounds[name].lo > bounds[name].hi).flatten(1).any(1)
+                c = bounds[name]
+                empty |= (c.lo > c.hi).flatten(1).any(1)
+                bad |= (c.lo.isnan() | c.hi.isnan()).flatten(1).any(1)
         upper = upper.masked_fill(empty.unsqueeze(1), -torch.inf)
-    return upper, bounds
+    return upper.masked_fill(bad.unsqueeze(1), torch.inf), bounds
 
 
 def _spec_upper(
@@ -209,6 +322,11 @@ def _spec_upper(
     )
     if method == "ibp":
         return interval_upper
-    A0 = spec.unsqueeze(1).expand(-1, b, -1).reshape(spec.shape[0], b, *out.lo.shape[1:])
-    crown = _upper(net, bounds, radii, target, A0, method).T
-    return torch.minimum(crown, interval_upper)
+    chunk = _rows_per_pass(net, bounds, target, b)
+    parts = []
+    for start in range(0, spec.shape[0], chunk):
+        rows = spec[start : start + chunk]
+        A0 = rows.unsqueeze(1).expand(-1, b, -1).reshape(rows.shape[0], b, *out.lo.shape[1:])
+        parts.append(_upper(net, bounds, radii, target, A0, method))
+    crown = (parts[0] if len(parts) == 1 else torch.cat(parts)).T
+    return torch.fmin(crown, interval_upper)  # a NaN on one side leaves the other

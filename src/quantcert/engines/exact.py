@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from pyscipopt import Model
 
+from quantcert.engines.bab import upper_of
 from quantcert.engines.exact_encode import (
     DREAL_DELTA,
     MARGIN_FACTOR,
@@ -300,7 +301,7 @@ def _solve(s: _Setup, goal: _Goal) -> _Solved:
         for k in s.radius
     }
     w = _witness(s, goal, x, params)
-    return _Solved(w, max(upper, w.value), status)
+    return _Solved(w, upper_of(upper, w.value), status)
 
 
 def _result(
@@ -342,7 +343,7 @@ def max_abs_change(
     found = [r.witness for r in runs if r.witness is not None]
     best = max(found, key=lambda w: abs(w.fp - w.fn), default=None)
     lower = 0.0 if best is None else abs(best.fp - best.fn)
-    upper = max(max(r.upper for r in runs), lower)
+    upper = upper_of(*[r.upper for r in runs], lower)
     return _result(s, lower, upper, _overall([r.status for r in runs]), best)
 
 
@@ -378,11 +379,11 @@ def flip(
     runs = [_solve(s, g) for g in goals]
     found = [r.witness for r in runs if r.witness is not None]
     best = max(found, key=lambda w: (w.valid, w.value), default=None)
-    upper = max(r.upper for r in runs)
+    upper = upper_of(*[r.upper for r in runs])
     flipped = best is not None and best.valid
     status = "falsified" if flipped else "verified" if upper < 0 else "unknown"
     lower = -math.inf if best is None else best.value
-    return _result(s, lower, max(upper, lower), status, best)
+    return _result(s, lower, upper_of(upper, lower), status, best)
 
 
 def _sigma_side(s: _Setup, goal: _Goal) -> ExactResult:
@@ -391,7 +392,7 @@ def _sigma_side(s: _Setup, goal: _Goal) -> ExactResult:
         return _result(s, 0.0, 0.0, "verified", None)
     w = r.witness if r.witness is not None and r.witness.valid else None
     lower = 0.0 if w is None else w.value
-    return _result(s, lower, max(r.upper, lower), r.status, w)
+    return _result(s, lower, upper_of(r.upper, lower), r.status, w)
 
 
 def sigma(

@@ -253,6 +253,8 @@ def _lip_inputs(
         return [(np.abs(w) + d).T @ l_out]
     if isinstance(op, Sum):
         return [abs(c) * l_out for c in op.coeffs]
+    if isinstance(op, LeakyReLU):
+        return [op.lipschitz * l_out]
     if isinstance(op, Scale):
         shape = (1, *shapes[node.inputs[0]])
         scale = (torch.ones(shape, dtype=DTYPE) * op.scale).reshape(-1).abs().numpy()
@@ -373,7 +375,9 @@ def expression_forward(
             b = params.get(f"{node.name}.bias", op.bias.tolist())
             out = [sum((w[o * n_in + i] * z[i] for i in range(n_in)), b[o]) for o in range(n_out)]
         elif isinstance(op, LeakyReLU):
-            out = [lib.Max(v, op.slope * v) for v in z]
+            # max(z, a z) for a <= 1 (convex); min(z, a z) for a > 1 (concave).
+            pick = lib.Max if op.slope <= 1 else lib.Min
+            out = [pick(v, op.slope * v) for v in z]
         elif isinstance(op, Sigmoid):
             out = [1 / (1 + lib.exp(-v)) for v in z]
         elif isinstance(op, Tanh):

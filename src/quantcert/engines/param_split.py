@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from quantcert.engines.attack import Objective, Witness, search
-from quantcert.engines.bab import BabOutcome, maximise
+from quantcert.engines.bab import BabOutcome, Memory, best_witness, maximise
 from quantcert.engines.bounds import Radii
 from quantcert.engines.pair import PERTURBED
 from quantcert.engines.perturbation import Perturbation, inner_limits
@@ -218,7 +218,7 @@ class JointSearch:
             )
             if self.rescore is not None:
                 found = [self.rescore(w) for w in found]
-            top = max(found, key=lambda w: w.value)
+            top = best_witness(found)
             best[0] = top if top.value > best[0].value else best[0]
             return top
 
@@ -232,10 +232,17 @@ class JointSearch:
         deadline: float,
         decided: Callable[[float, float], bool] | None = None,
         progress: Callable[[float, float, int], None] | None = None,
+        memory: Memory | None = None,
     ) -> BabOutcome:
-        """Branch and bound from the input ``box`` (batch 1) and the whole parameter box."""
+        """Branch and bound from the input ``box`` (batch 1) and the whole parameter box.
+        ``memory.per_box`` is the bound's cost without parameters; each box's batched
+        parameter tensors (centres, radii and the moved copy) are added here."""
         best = [start]
         root = self.layout.root(box)
+        if memory is not None:
+            params = self.layout.net.param_tensors()
+            size = sum(int(params[k].numel()) for k in self.layout.names)
+            memory = Memory(memory.limit, memory.per_box + 4 * 8 * size)
         return maximise(
             self.bound,
             self.attack(best),
@@ -247,4 +254,5 @@ class JointSearch:
             initial=start,
             progress=progress,
             split_by_gradient=True,
+            memory=memory,
         )

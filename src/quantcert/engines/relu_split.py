@@ -6,6 +6,7 @@ upper bounds at the neuron whose ReLU relaxation is widest (``-l u / (u - l)``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from quantcert.engines.bab import Memory, reached, rss_bytes, sane_bound, upper_of
 from quantcert.network import Network
 from quantcert.ops.activations import LeakyReLU
 from quantcert.ops.base import DTYPE, Box
@@ -26,7 +28,9 @@ class SplitOutcome:
     upper: float
     domains: int
     rounds: int
-    status: str  # "optimal", "timeout", "interrupted", "bounded" (no unstable ReLU left)
+    # "optimal", "timeout", "interrupted", "bounded" (no unstable ReLU left, or stalled),
+    # "memory" (the budget stopped it)
+    status: str
 
 
 def relu_inputs(net: Network) -> list[str]:
@@ -73,8 +77,14 @@ def maximise_over_splits(
     gap: float,
     deadline: float,
     batch: int = 32,
+    memory: Memory | None = None,
 ) -> SplitOutcome:
-    """Refine the upper bound of a maximisation at ``point`` (batch 1) by ReLU splits."""
+    """Refine the upper bound of a maximisation at ``point`` (batch 1) by ReLU splits.
+    A NaN bound is ``+inf`` (never pruned); ``memory`` caps the batch of domains bounded at
+    once and stops the search (status ``memory``) once the process passes its limit."""
+    if memory is not None and memory.per_box > 0:
+        headroom = max(memory.limit - rss_bytes(), 0)
+        batch = max(2, min(batch, headroom // (4 * memory.per_box)))
     names = relu_inputs(net)
     all_shapes = net.shapes()
     shapes = {n: all_shapes[n] for n in names}
@@ -82,6 +92,7 @@ def maximise_over_splits(
         n: torch.zeros((1, torch.Size(shapes[n]).numel()), dtype=torch.int8) for n in names
     }
     ub, bounds = bound(_clamps(decisions, shapes), point)
+    ub = sane_bound(ub)
     node, idx, score = _choose(bounds, names)
     rounds, status, seen = 0, "bounded", 1
     history = [float(ub.max())]
@@ -89,11 +100,14 @@ def maximise_over_splits(
         while ub.numel():
             if _stalled(history, lower):
                 break
-            if float(ub.max()) - lower <= gap:
+            if reached(lower, float(ub.max()), gap):
                 status = "optimal"
                 break
             if time.perf_counter() > deadline:
                 status = "timeout"
+                break
+            if memory is not None and rss_bytes() > memory.limit:
+                status = "memory"
                 break
             splittable = score > 0
             order = torch.where(splittable, ub, -torch.inf).argsort(descending=True)
@@ -104,6 +118,7 @@ def maximise_over_splits(
             child = _children(decisions, names, pick, node, idx)
             n_child = 2 * pick.numel()
             c_ub, c_bounds = bound(_clamps(child, shapes), _repeat(point, n_child))
+            c_ub = sane_bound(c_ub)
             # A child is a subset of its parent: the parent's bound holds for it too (CROWN's
             # slope choices can make a child's own bound looser).
             c_ub = torch.minimum(c_ub, ub[pick].repeat(2))
@@ -121,8 +136,8 @@ def maximise_over_splits(
             ub, node, idx, score = ub[alive], node[alive], idx[alive], score[alive]
     except KeyboardInterrupt:
         status = "interrupted"
-    upper = max(float(ub.max()) if ub.numel() else lower, lower)
-    if not ub.numel():
+    upper = upper_of(float(ub.max()) if ub.numel() else lower, lower)
+    if not ub.numel() and math.isfinite(lower):  # every domain pruned below the witness
         status = "optimal"
     return SplitOutcome(upper, seen, rounds, status)
 

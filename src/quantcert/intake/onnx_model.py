@@ -85,6 +85,7 @@ def from_onnx(path: str | Path, perturb: Perturb = "file", self_check: bool = Tr
     path = Path(path)
     model = _read(path)
     net = translate(model, path.stem, perturb)
+    net.origin = str(path)
     if self_check:
         from quantcert.intake.self_check import check_against_onnxruntime
 

@@ -11,6 +11,7 @@ Sigmoid or Softmax is the network's head. ``input_shape`` excludes the batch dim
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,8 @@ def _pool(b: _Builder, m: nn.MaxPool2d | nn.AvgPool2d) -> None:
 
 
 def _leaky(b: _Builder, m: nn.LeakyReLU) -> None:
-    if not 0.0 <= m.negative_slope <= 1.0:
-        raise InputError(f"LeakyReLU slope {m.negative_slope} outside [0, 1]")
+    if not math.isfinite(m.negative_slope):
+        raise InputError(f"LeakyReLU slope {m.negative_slope} is not finite")
     b.add("act", LeakyReLU(float(m.negative_slope)))
 
 

@@ -8,6 +8,7 @@ line, ``A < 0`` the lower one.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -71,19 +72,36 @@ class Identity(Elementwise):
 
 
 class LeakyReLU(Elementwise):
-    """``z`` for ``z >= 0``, ``slope * z`` below; ``slope`` in [0, 1]. ReLU is slope 0.
+    """``z`` for ``z >= 0``, ``slope * z`` below, for any finite ``slope`` (ONNX LeakyRelu's
+    ``alpha``). ReLU is slope 0, the identity slope 1.
 
-    ``lower_slope`` (optional, from ``with_lower_slope``) replaces CROWN's choice of the lower
-    line on unstable neurons; any slope in ``[slope, 1]`` gives a sound lower line, so values
-    outside are clipped. It may carry a leading spec dimension (S, B, *shape): alpha-CROWN."""
+    The function is ``max(z, slope*z)`` for ``slope <= 1`` (convex) and ``min(z, slope*z)``
+    for ``slope >= 1`` (concave); it is not monotone for ``slope < 0``. On an unstable neuron
+    (``l < 0 < u``) one line is the chord and the other any line ``s*z`` through the kink with
+    ``s`` between ``slope`` and 1: the chord lies above a convex function and below a concave
+    one, and ``s*z`` the other way round.
+
+    ``lower_slope`` (optional, from ``with_lower_slope``) replaces CROWN's choice of ``s``
+    (the free line: the lower one when convex, the upper one when concave, the case the name
+    is kept from); values outside ``[min(slope, 1), max(slope, 1)]`` are clipped, so any
+    value is sound. It may carry a leading spec dimension (S, B, *shape): alpha-CROWN."""
 
     lower_slope: Tensor | None = None
 
     def __init__(self, slope: float = 0.01) -> None:
         super().__init__()
-        if not 0.0 <= slope <= 1.0:
-            raise ValueError(f"LeakyReLU slope {slope} outside [0, 1]")
-        self.slope = slope
+        if not math.isfinite(slope):
+            raise ValueError(f"LeakyReLU slope {slope} is not finite")
+        self.slope = float(slope)
+
+    @property
+    def convex(self) -> bool:
+        return self.slope <= 1.0
+
+    @property
+    def lipschitz(self) -> float:
+        """The Lipschitz constant ``max(1, |slope|)`` (1 only for slopes in [-1, 1])."""
+        return max(1.0, abs(self.slope))
 
     def describe(self) -> str:
         return f"LeakyReLU({self.slope})"
@@ -96,24 +114,45 @@ class LeakyReLU(Elementwise):
     def fn(self, z: Tensor) -> Tensor:
         return torch.where(z >= 0, z, self.slope * z)
 
+    def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
+        # Piecewise linear: the extremes lie at the end points or at the kink z = 0 (inside
+        # the box only for unstable neurons; it matters when slope < 0).
+        box = boxes[0]
+        kink = self.fn(torch.clamp(torch.zeros_like(box.lo), box.lo, box.hi))
+        ends = torch.stack([self.fn(box.lo), self.fn(box.hi), kink])
+        lo, hi = ends.min(0).values, ends.max(0).values
+        pad = REL_MARGIN * torch.maximum(lo.abs(), hi.abs())
+        return Box(lo - pad, hi + pad)
+
     def crown_lower_slope(self, box: Box) -> Tensor:
-        """CROWN's lower slope on an unstable neuron: 1 where ``u > -l``, else the leak."""
-        return torch.where(box.hi > -box.lo, 1.0, self.slope).to(box.lo)
+        """CROWN's slope ``s`` of the free line ``s*z`` on an unstable neuron: 1 where
+        ``u > -l``, else the leak. (It minimises the area between the line and the function
+        on ``[l, u]``, for either curvature.)"""
+        # float64 throughout: torch.where of two Python floats would round the leak to float32.
+        one, leak = torch.ones_like(box.lo), torch.full_like(box.lo, self.slope)
+        return torch.where(box.hi > -box.lo, one, leak)
 
     def lines(self, box: Box) -> Lines:
         lo, hi, a = box.lo, box.hi, self.slope
         active, inactive = lo >= 0, hi <= 0
         unstable = ~(active | inactive)
+        zero = torch.zeros_like(lo)
+        # Stable neurons: the linear piece itself, both lines.
+        piece = torch.where(active, torch.ones_like(lo), torch.full_like(lo, a))
         width = torch.where(unstable, hi - lo, torch.ones_like(lo))
-        # Convex: the chord is the upper line; the lower line is z or a*z (CROWN's choice).
         chord = (hi - a * lo) / width
-        up_s = torch.where(active, 1.0, torch.where(inactive, a, chord))
-        up_c = torch.where(unstable, hi - chord * hi, torch.zeros_like(lo))
-        up_c = up_c + REL_MARGIN * torch.maximum(lo.abs(), hi.abs()) * unstable
-        lo_s = torch.where(active, 1.0, torch.where(unstable, self.crown_lower_slope(box), a))
+        chord_s = torch.where(unstable, chord, piece)
+        # The chord through (u, u) and (l, a*l), widened for the rounding of its slope and
+        # offset (each a few ulps of max(1, |a|) * max(|l|, |u|)).
+        pad = REL_MARGIN * max(1.0, abs(a)) * torch.maximum(lo.abs(), hi.abs()) * unstable
+        chord_c = torch.where(unstable, hi - chord * hi, zero)
+        free = self.crown_lower_slope(box)
         if self.lower_slope is not None:
-            lo_s = torch.where(unstable, self.lower_slope.clamp(a, 1.0), lo_s)
-        return up_s.to(lo), up_c, lo_s.to(lo), torch.zeros_like(lo)
+            free = self.lower_slope.clamp(min(a, 1.0), max(a, 1.0))
+        free_s = torch.where(unstable, free, piece)
+        if self.convex:
+            return chord_s, chord_c + pad, free_s, zero
+        return free_s, zero, chord_s, chord_c - pad
 
 
 class ReLU(LeakyReLU):

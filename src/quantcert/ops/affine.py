@@ -30,6 +30,19 @@ def _dot(A: Tensor, b: Tensor) -> Tensor:
     return (A * b).sum(-1) if b.dim() == 2 else A @ b
 
 
+def coef_rounding(terms: int) -> float:
+    """Relative error bound of float64 coefficients summed from ``terms`` products and one
+    more addition: ``(terms + 2) * 2**-52`` exceeds ``gamma_(terms+2)`` (unit roundoff
+    ``2**-53``) with room for the rounding of the bound itself."""
+    return (terms + 2) * 2.0**-52
+
+
+def _zero_bias(w: Tensor, kernel_dims: int) -> Tensor:
+    """Zeros shaped like the bias of weight ``w``: its leading dims up to the output channels
+    (a batched weight (B, out, ...) gives (B, out)); ``kernel_dims`` trailing dims follow."""
+    return torch.zeros(w.shape[: w.dim() - kernel_dims], dtype=DTYPE, device=w.device)
+
+
 class Affine(Op):
     """``weight`` (out, in), ``bias`` (out,); input (B, in), output (B, out). Parameters and
     radii may be batched: (B, out, in) and (B, out)."""
@@ -46,16 +59,17 @@ class Affine(Op):
 
     @property
     def bias(self) -> Tensor:
+        """The bias, or zeros shaped like one: (out,), or (B, out) for batched weights."""
         b = self.params.get("bias")
-        return torch.zeros(self.params["weight"].shape[0], dtype=DTYPE) if b is None else b
+        return _zero_bias(self.params["weight"], 1) if b is None else b
 
     def describe(self) -> str:
         out_f, in_f = self.params["weight"].shape
         return f"Affine({in_f}->{out_f})"
 
     def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
-        w, b = params["weight"], params.get("bias", self.bias)
-        return _apply(xs[0], w) + b
+        w, b = params["weight"], params.get("bias")
+        return _apply(xs[0], w) if b is None else _apply(xs[0], w) + b
 
     def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
         w, b = self.params["weight"], self.bias
@@ -76,6 +90,8 @@ class Affine(Op):
         a_in = _pull(A, w)
         const = _dot(A, b) + _dot(a_abs, db)
         magnitude = _dot(a_abs, b.abs() + db)
+        absmax = boxes[0].absmax
+        coef_mag = _dot(a_abs, _apply(absmax, w.abs()))
         if bool((dw != 0).any()):
             # max over |E| <= D of A E z = (|A| D) |z|, and |z| <= slope*z + offset on the box.
             gain = _pull(a_abs, dw)
@@ -84,4 +100,10 @@ class Affine(Op):
             extra = (gain * offset).sum(-1)
             const = const + extra
             magnitude = magnitude + extra
-        return [a_in], const, magnitude
+            coef_mag = coef_mag + (gain * (1 + slope.abs()) * absmax).sum(-1)
+        # The float64 coefficients ``a_in`` differ from the exact ``A W (+ gain * slope)`` by
+        # at most gamma_(out+2) of the magnitudes summed; that error times |z| on the box is
+        # charged here (the difference network cancels large coefficients across its copies,
+        # so the engine's margin on the concretised sum would not cover it).
+        coef = coef_rounding(A.shape[-1]) * coef_mag
+        return [a_in], const + coef, magnitude + coef

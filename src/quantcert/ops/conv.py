@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from quantcert.ops.affine import _dot, _radius
-from quantcert.ops.base import DTYPE, Box, Op, abs_upper_line, outward
+from quantcert.ops.affine import _dot, _radius, _zero_bias, coef_rounding
+from quantcert.ops.base import Box, Op, abs_upper_line, outward
 
 
 def _channels(b: Tensor) -> Tensor:
@@ -42,8 +43,9 @@ class Conv(Op):
 
     @property
     def bias(self) -> Tensor:
+        """The bias, or zeros shaped like one: (O,), or (B, O) for batched kernels."""
         b = self.params.get("bias")
-        return torch.zeros(self.params["weight"].shape[0], dtype=DTYPE) if b is None else b
+        return _zero_bias(self.params["weight"], 3) if b is None else b
 
     def _conv(self, x: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
         """x (B, C, H, W); w unbatched or one kernel per batch element (B, O, ...)."""
@@ -63,7 +65,9 @@ class Conv(Op):
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
-        w, b = params["weight"], params.get("bias", self.bias)
+        w, b = params["weight"], params.get("bias")
+        if b is None:
+            return self._conv(xs[0], w)
         if w.dim() == 5 or b.dim() == 2:
             return self._conv(xs[0], w) + _channels(b)
         return self._conv(xs[0], w, b)
@@ -117,6 +121,8 @@ class Conv(Op):
         a_in = self._transpose(A, w, box.lo.shape)
         const = _dot(per_channel, b) + _dot(abs_channel, db)
         magnitude = _dot(abs_channel, b.abs() + db)
+        absmax = box.absmax
+        coef_mag = (a_abs * self._conv(absmax, w.abs()).unsqueeze(0)).flatten(2).sum(-1)
         if bool((dw != 0).any()):
             # Shared kernel entries: |sum_o A_o E_k z_o+k| <= D_k sum_o |A_o||z_o+k| (sound).
             gain = self._transpose(a_abs, dw, box.lo.shape)
@@ -125,4 +131,9 @@ class Conv(Op):
             extra = (gain * offset).flatten(2).sum(-1)
             const = const + extra
             magnitude = magnitude + extra
-        return [a_in], const, magnitude
+            coef_mag = coef_mag + (gain * (1 + slope.abs()) * absmax).flatten(2).sum(-1)
+        # Rounding of the float64 coefficients, as in Affine.backward: each input coefficient
+        # sums at most (output channels x kernel taps) products.
+        terms = int(math.prod(A.shape[2:3])) * int(math.prod(w.shape[-2:]))
+        coef = coef_rounding(terms) * coef_mag
+        return [a_in], const + coef, magnitude + coef

@@ -3,6 +3,7 @@ re-evaluated in float64, a sound ``upper``, and a status."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 
 #: Witness parameter tensors up to this many values are written inline in JSON.
 INLINE_PARAMS = 2000
+#: The reason a certificate with a NaN or an infinite bound carries; its status is ``unknown``.
+NON_FINITE = "non-finite bound"
 
 
 @dataclass(frozen=True)
@@ -19,9 +22,16 @@ class WitnessRecord:
     x: np.ndarray
     param_offsets: dict[str, np.ndarray]
     value: float
+    #: Stated bound on the float64 evaluation error behind ``value`` (already subtracted).
+    error: float = 0.0
+    #: The evaluated value lay within ``error`` of 0: it only shows the witness exists.
+    below_error_scale: bool = False
 
     def to_dict(self, params_file: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"x": self.x.ravel().tolist(), "value": self.value}
+        out["value_error"] = self.error
+        if self.below_error_scale:
+            out["note"] = "the value is below the float64 error scale of its evaluation"
         total = sum(a.size for a in self.param_offsets.values())
         if params_file is not None and total > INLINE_PARAMS:
             out["params_file"] = params_file
@@ -31,21 +41,38 @@ class WitnessRecord:
         return out
 
 
+def non_finite(lower: float, upper: float) -> bool:
+    """True when a bound carries no information: a NaN anywhere, an upper of ``+inf``, or a
+    lower of ``+inf`` (an overflowed witness). ``-inf`` is a valid value of both (no witness;
+    an empty feasible set)."""
+    return math.isnan(lower) or math.isnan(upper) or upper == math.inf or lower == math.inf
+
+
 @dataclass(frozen=True)
 class Certificate:
+    """``lower`` attained by ``witness``, ``upper`` sound, and a status. A certificate whose
+    bounds are not finite (``non_finite``) is always ``unknown`` with reason ``NON_FINITE``,
+    whatever status it was built with: no code path can turn a NaN into ``optimal``."""
+
     lower: float
     upper: float
     status: str
     witness: WitnessRecord | None
     time_s: float
     engine: str
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if non_finite(float(self.lower), float(self.upper)):
+            object.__setattr__(self, "status", "unknown")
+            object.__setattr__(self, "reason", NON_FINITE)
 
     @property
     def gap(self) -> float:
         return self.upper - self.lower
 
     def to_dict(self, params_file: str | None = None) -> dict[str, Any]:
-        return {
+        out = {
             "lower": self.lower,
             "upper": self.upper,
             "gap": self.gap,
@@ -54,6 +81,9 @@ class Certificate:
             "time_s": self.time_s,
             "engine": self.engine,
         }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
 
 @dataclass(frozen=True)
@@ -74,7 +104,8 @@ class QueryResult:
 
     def to_text(self) -> str:
         c = self.overall
-        lines = [f"{self.query}: status {c.status}, engine {c.engine}, {c.time_s:.3f} s"]
+        why = "" if c.reason is None else f" ({c.reason})"
+        lines = [f"{self.query}: status {c.status}{why}, engine {c.engine}, {c.time_s:.3f} s"]
         lines.append(f"  lower {c.lower:.8g}   upper {c.upper:.8g}   gap {c.gap:.3g}")
         if c.witness is not None:
             x = np.array2string(c.witness.x.ravel()[:8], precision=6, separator=", ")
