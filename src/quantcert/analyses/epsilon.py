@@ -189,7 +189,9 @@ def _first_witnesses(q: _Query, n_out: int) -> list[Witness]:
         # restarts miss the best corner for some seeds, 128 do not.)
         restarts = max(4, min(128, 4096 // columns, 2 ** min(q.pert.count, 7)))
         steps = 20
-    found = search(q.net, q.pert, q.box, q.objective, columns, restarts=restarts, steps=steps)
+    found = search(
+        q.net, q.pert, q.box, q.objective, columns, restarts=restarts, steps=steps, thorough=True
+    )
     if not splits_parameters(q.pert):
         return found
     return [polish(q.net, q.pert, q.box, q.objective, w, k) for k, w in enumerate(found)]

@@ -90,12 +90,14 @@ def search(
     seed: int = 0,
     warm: Mapping[str, Tensor] | None = None,
     param_box: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+    thorough: bool = False,
 ) -> list[Witness]:
     """Maximise each of the ``columns`` objective columns over x in any of the boxes
     (``box``: a batch of B boxes) and theta in the perturbation set. The first start in each
     box is its centre with the nominal parameters, or with ``warm`` (a parameter setting
     found before) when given. ``param_box`` narrows some tensors to one sub-box per input box
-    (limits (B, *shape), inside the perturbation set). Returns the best witness per column."""
+    (limits (B, *shape), inside the perturbation set). ``thorough``: on smooth networks, add
+    the longer momentum search (a query's first search). Returns the best witness per column."""
     gen = torch.Generator(device=box.lo.device).manual_seed(seed)
     b = box.lo.shape[0]
     n = b * columns * restarts
@@ -126,7 +128,7 @@ def search(
     with torch.no_grad():
         values = objective(x, params)[torch.arange(n), column]
     found = [_best(values, x, params, column == k) for k in range(columns)]
-    if warm is None and param_box is None and _smooth(net):
+    if thorough and warm is None and param_box is None and _smooth(net):
         found = _smooth_search(net, limits, box, objective, found, gen)
     return certified(objective, found, range(columns))
 
