@@ -118,3 +118,28 @@ def test_kappa_per_layer_json() -> None:
     assert res.returncode == 0, res.stderr
     layers = json.loads(res.stdout)["per_layer"]["layers"]
     assert layers[0]["node"] == "input" and len(layers) >= 3
+
+
+def test_epsilon_writes_a_replayable_onnx_witness(tmp_path: Path) -> None:
+    """The witness is the user's own graph with its perturbed initializers; onnxruntime on
+    the stored input reproduces the certified lower (within float32 storage)."""
+    from quantcert.report.witness_onnx import replay_witness
+
+    out = tmp_path / "eps.json"
+    res = run("epsilon", SMALL, "--delta", "0.01", "--at", "0.5", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    witness = data["witness"]
+    assert Path(witness["onnx"]).is_file() and Path(witness["onnx_input"]).is_file()
+    assert data["spec"]["perturbation"]["stated_on"] == "file initializers"
+    replayed = replay_witness(Path(witness["onnx"]))
+    assert witness["onnx_replayed_change"] >= data["lower"] - 1e-5 * (1 + abs(replayed).max())
+
+
+def test_perturb_modes_and_the_self_check_flag(tmp_path: Path) -> None:
+    base = ("epsilon", SMALL, "--delta", "0.01", "--at", "0.5", "--json", "-")
+    folded = run(*base, "--perturb", "folded", "--no-self-check")
+    assert folded.returncode == 0, folded.stderr
+    assert json.loads(folded.stdout)["spec"]["perturbation"]["stated_on"] == "network parameters"
+    bad = run(*base, "--perturb", "sideways")
+    assert bad.returncode == 2 and "--perturb" in bad.stderr and "Traceback" not in bad.stderr

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from quantcert.cli_glue import PERTURB_HELP, SELF_CHECK_HELP, attach_onnx_witness
 from quantcert.errors import InputError
 
 app = typer.Typer(
@@ -39,12 +40,20 @@ def emit(result: Any, json_target: str | None) -> None:
 
 
 @app.command()
-def info(model: ModelArg, json: JsonOpt = None) -> None:
+def info(
+    model: ModelArg,
+    perturb: PerturbOpt = "file",
+    self_check: SelfCheckOpt = True,
+    json: JsonOpt = None,
+) -> None:
     """Input shape, layers with output shapes, parameter tensors and their ranges."""
     from quantcert.analyses.info import describe
-    from quantcert.intake import load
+    from quantcert.cli_glue import check_on_box, load_model
 
-    emit(describe(load(model)), json)
+    net = load_model(model, perturb)
+    if self_check:
+        check_on_box(net)
+    emit(describe(net), json)
 
 
 DeltaOpt = Annotated[
@@ -105,6 +114,8 @@ def parse_memory(text: str | None) -> int | None:
     return int(value)
 
 
+PerturbOpt = Annotated[str, typer.Option("--perturb", help=PERTURB_HELP)]
+SelfCheckOpt = Annotated[bool, typer.Option("--self-check/--no-self-check", help=SELF_CHECK_HELP)]
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="quantcert (bounds + B&B) or exact (SCIP, small nets)")
 ]
@@ -117,13 +128,15 @@ def _query_setup(
     select: list[str] | None,
     at: str | None,
     domain: str | None,
+    perturb: str = "file",
+    self_check: bool = True,
 ) -> tuple[Any, Any, Any]:
     from quantcert.analyses.epsilon import input_box
+    from quantcert.cli_glue import check_on_box, load_model
     from quantcert.engines import perturbation
-    from quantcert.intake import load
     from quantcert.intake.domain import parse_domain, parse_point
 
-    net = load(model)
+    net = load_model(model, perturb)
     if (delta is None) == (rel is None):
         raise InputError("give exactly one of --delta and --relative")
     pert = (
@@ -142,6 +155,8 @@ def _query_setup(
     else:
         lo, hi = parse_domain(domain or "", n_inputs, csv_columns=_case_columns(model))
         box = input_box(net, lo, hi)
+    if self_check:
+        check_on_box(net, box.lo.numpy(), box.hi.numpy())
     return net, pert, box
 
 
@@ -187,8 +202,9 @@ def _budget(
     )
 
 
-def _emit_query(result: Any, json_target: str | None, budget: Any = None) -> None:
-    """Write a query result; a large witness goes to an .npz beside the JSON."""
+def _emit_query(result: Any, json_target: str | None, budget: Any = None, net: Any = None) -> None:
+    """Write a query result; a large witness goes to an .npz beside the JSON, and for an
+    ONNX model the witness is also written as a replayable ONNX model."""
     if budget is not None and budget.progress is not None:
         budget.progress.close()
     import dataclasses
@@ -203,6 +219,8 @@ def _emit_query(result: Any, json_target: str | None, budget: Any = None) -> Non
             path, x=witness.x, **{k.replace("/", "_"): v for k, v in witness.param_offsets.items()}
         )
         result = dataclasses.replace(result, params_file=str(path))
+    if net is not None:
+        result = attach_onnx_witness(result, net, json_target)
     emit(result, json_target)
 
 
@@ -220,19 +238,21 @@ def epsilon(
     engine: EngineOpt = "quantcert",
     device: DeviceOpt = "auto",
     memory_budget: MemoryOpt = None,
+    perturb: PerturbOpt = "file",
+    self_check: SelfCheckOpt = True,
     json: JsonOpt = None,
 ) -> None:
     """Largest output change |f_theta(x) - f_theta0(x)| (seed 000 Defs. 1-2)."""
-    net, pert, box = _query_setup(model, delta, relative, select, at, domain)
+    net, pert, box = _query_setup(model, delta, relative, select, at, domain, perturb, self_check)
     budget = _budget(gap, timeout, method, device, memory_budget)
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import epsilon_exact
 
-        _emit_query(epsilon_exact(net, pert, box, budget), json, budget)
+        _emit_query(epsilon_exact(net, pert, box, budget), json, budget, net)
         return
     from quantcert.analyses.epsilon import epsilon as run
 
-    _emit_query(run(net, pert, box, budget), json, budget)
+    _emit_query(run(net, pert, box, budget), json, budget, net)
 
 
 @app.command()
@@ -249,19 +269,21 @@ def flip(
     engine: EngineOpt = "quantcert",
     device: DeviceOpt = "auto",
     memory_budget: MemoryOpt = None,
+    perturb: PerturbOpt = "file",
+    self_check: SelfCheckOpt = True,
     json: JsonOpt = None,
 ) -> None:
     """Can a parameter setting in the box change the label? (seed 000 Defs. 3-4)."""
-    net, pert, box = _query_setup(model, delta, relative, select, at, domain)
+    net, pert, box = _query_setup(model, delta, relative, select, at, domain, perturb, self_check)
     budget = _budget(0.0, timeout, method, device, memory_budget)
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import flip_exact
 
-        _emit_query(flip_exact(net, pert, box, budget, level), json, budget)
+        _emit_query(flip_exact(net, pert, box, budget, level), json, budget, net)
         return
     from quantcert.analyses.flip import flip as run
 
-    _emit_query(run(net, pert, box, budget, level), json, budget)
+    _emit_query(run(net, pert, box, budget, level), json, budget, net)
 
 
 @app.command()

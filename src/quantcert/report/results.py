@@ -95,9 +95,13 @@ class QueryResult:
     per_output: tuple[Certificate, ...] = ()
     spec: dict[str, Any] = field(default_factory=dict)
     params_file: str | None = None
+    #: Files written for the overall witness (its replayable ONNX model), by the CLI.
+    witness_files: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"query": self.query, **self.overall.to_dict(self.params_file), "spec": self.spec}
+        if self.witness_files and isinstance(out.get("witness"), dict):
+            out["witness"].update(self.witness_files)
         if len(self.per_output) > 1:
             out["per_output"] = [c.to_dict(self.params_file) for c in self.per_output]
         return out

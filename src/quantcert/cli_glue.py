@@ -1,0 +1,75 @@
+"""Command-line glue shared by the query commands: loading with the intake checks against
+the query's own input box, and the replayable ONNX witness written beside the JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantcert.errors import InputError
+from quantcert.network import Network
+
+PERTURB_HELP = (
+    "file: radii on the initializers the ONNX file stores (BatchNormalization kept, Gemm "
+    "alpha/beta carried); folded: on the folded network's parameters"
+)
+SELF_CHECK_HELP = "Compare the loaded ONNX network with onnxruntime before the query"
+
+
+def load_model(model: str, perturb: str) -> Network:
+    """The model, loaded without the self-check (``check_on_box`` runs it on the query's
+    box instead)."""
+    from quantcert.intake import load
+
+    if perturb not in ("file", "folded"):
+        raise InputError(f"--perturb must be 'file' or 'folded', got {perturb!r}")
+    return load(model, perturb, self_check=False)  # type: ignore[arg-type]
+
+
+def check_on_box(net: Network, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> None:
+    """The load-time self-check at random inputs inside the query's box (ONNX models; no
+    box: random inputs of [-1, 1]). A point is checked there and at such random inputs."""
+    if net.origin is None:
+        return
+    import onnx
+
+    from quantcert.intake.self_check import check_against_onnxruntime
+
+    model = onnx.load(net.origin)
+    if lo is None or hi is None or np.array_equal(lo, hi):
+        check_against_onnxruntime(model, net)
+    if lo is not None and hi is not None:
+        check_against_onnxruntime(model, net, np.ravel(lo), np.ravel(hi))
+
+
+def attach_onnx_witness(result: Any, net: Network, json_target: str | None) -> Any:
+    """Beside ``--json PATH``, write the witness as the user's own ONNX graph with its
+    perturbed initializers (``PATH.witness.onnx`` and ``PATH.witness.input.npz``), replay it
+    in onnxruntime, and record both in the result's witness entry."""
+    witness = result.overall.witness
+    if json_target in (None, "-") or witness is None or not witness.param_offsets:
+        return result
+    if net.origin is None or not net.sources:
+        return result
+    import onnx
+
+    from quantcert.report.replay import write_onnx_witness
+
+    out = Path(str(json_target)).with_suffix(".witness.onnx")
+    try:
+        replay = write_onnx_witness(net, onnx.load(net.origin), witness, out)
+    except InputError as exc:
+        return dataclasses.replace(result, witness_files={"onnx_note": str(exc)})
+    files = {
+        "onnx": str(replay.files.model),
+        "onnx_input": str(replay.files.input),
+        "onnx_replayed_change": replay.change,
+        "onnx_stored_exactly": replay.files.exact,
+        "onnx_note": "the user's graph with the perturbed initializers; run it with "
+        "onnxruntime on the input file. Values are cast to the initializers' dtype"
+        + ("" if replay.files.exact else ", which moved the witness slightly"),
+    }
+    return dataclasses.replace(result, witness_files=files)
