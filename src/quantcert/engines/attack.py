@@ -134,9 +134,11 @@ def search(
 
 
 #: Smooth networks (sigmoid, tanh): the extra search's steps, and its batch in parameter
-#: elements (restarts x parameter count), which bounds its memory and time.
-SMOOTH_STEPS = 100
-SMOOTH_ELEMENTS = 4_000_000
+#: elements (restarts x parameter count), which bounds its memory and time. (Measured on
+#: tanh and sigmoid MLPs of 7 x 60 units, 10 outputs: 1M elements and 60 steps find the same
+#: witnesses, within 0.7%, as 4M and 100, in a fifth of the time: 1.3 s instead of 7 s.)
+SMOOTH_STEPS = 60
+SMOOTH_ELEMENTS = 1_000_000
 
 
 def _smooth(net: Network) -> bool:
@@ -156,13 +158,23 @@ def _smooth_search(
     steps on a momentum of normalised gradients, a decaying step, starts at the best witness
     so far, at random points inside the boxes and at random corners; at the end every
     parameter is pushed to the end of its box that its gradient points to, kept where that
-    is better. Input box batch 1 only (the first search of a query)."""
-    if box.lo.shape[0] != 1:
+    is better. Input box batch 1 only (the first search of a query). Not when the only smooth
+    op is a monotone head on the output (cat, ath-relu), where the logit is piecewise linear
+    and the first search with its corner polish already does as well (cat: 0.19 s -> 0.09 s)."""
+    hidden = [
+        n for n in net.nodes if isinstance(n.op, Sigmoid | Tanh) and n.name != net.output_node
+    ]
+    if box.lo.shape[0] != 1 or not hidden:
         return found
     size = sum(int(lo.numel()) for lo, _ in limits.values()) + int(box.lo[0].numel())
     columns = len(found)
     restarts = max(2, min(32, SMOOTH_ELEMENTS // max(1, size * columns)))
     n = columns * restarts
+    # The work (rows x parameters x steps) stays within the budget's: huge nets take fewer
+    # steps, and none where not even a short ascent fits.
+    steps = min(SMOOTH_STEPS, SMOOTH_ELEMENTS * SMOOTH_STEPS // max(1, n * size))
+    if steps < 10:
+        return found
     column = torch.arange(n) // restarts
     lo, hi = box.lo.expand(n, *box.lo.shape[1:]), box.hi.expand(n, *box.hi.shape[1:])
     kind = torch.arange(n) % restarts
@@ -180,8 +192,8 @@ def _smooth_search(
         best_p = torch.stack([w.params[name] for w in found])[column]
         params[name] = torch.where(_rows(kind == 0, start), best_p, start)
     momentum: dict[str, Tensor] = {}
-    for step in range(SMOOTH_STEPS):
-        size_t = 0.25 * (1 - step / SMOOTH_STEPS) ** 2 + 2e-3
+    for step in range(steps):
+        size_t = 0.25 * (1 - step / steps) ** 2 + 2e-3
         x, params, grads = _momentum_step(
             objective, column, x, params, lo, hi, lims, size_t, momentum
         )
