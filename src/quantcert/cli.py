@@ -27,10 +27,48 @@ JsonOpt = Annotated[
 ]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("quantcert")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"quantcert {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the quantcert version and exit",
+        ),
+    ] = None,
+) -> None:
+    """Certified robustness of neural networks to lower precision."""
+
+
+def check_output(json_target: str | None) -> None:
+    """Refuse an unwritable ``--json`` path before any work (one line, exit 2)."""
+    from quantcert.report.output import check_output_path
+
+    check_output_path(json_target, "--json")
+
+
 def emit(result: Any, json_target: str | None) -> None:
     """Print a result's table, or write its JSON (``result`` has to_text/to_dict)."""
     from quantcert.report.output import write_json
 
+    check_output(json_target)
     if json_target is None:
         typer.echo(result.to_text())
     else:
@@ -46,10 +84,12 @@ def info(
     self_check: SelfCheckOpt = True,
     json: JsonOpt = None,
 ) -> None:
-    """Input shape, layers with output shapes, parameter tensors and their ranges."""
+    """What quantcert sees in MODEL: the input shape, each layer with its output shape, and
+    the parameter tensors that --delta moves, with their value ranges."""
     from quantcert.analyses.info import describe
     from quantcert.cli_glue import check_on_box, load_model
 
+    check_output(json)
     net = load_model(model, perturb)
     if self_check:
         check_on_box(net)
@@ -114,6 +154,17 @@ def parse_memory(text: str | None) -> int | None:
     return int(value)
 
 
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="Quantize the weights of Gemm/MatMul/Conv to a format (int8, int4:per-channel, "
+        "int4:group=128, fp8-e4m3, mxfp4, ...), or per layer: conv1=int4:group=32,*=int8",
+    ),
+]
+BiasesOpt = Annotated[
+    str | None, typer.Option("--biases", help="Quantize the biases to a format (as --weights)")
+]
 PerturbOpt = Annotated[str, typer.Option("--perturb", help=PERTURB_HELP)]
 SelfCheckOpt = Annotated[bool, typer.Option("--self-check/--no-self-check", help=SELF_CHECK_HELP)]
 EngineOpt = Annotated[
@@ -130,20 +181,15 @@ def _query_setup(
     domain: str | None,
     perturb: str = "file",
     self_check: bool = True,
+    weights: str | None = None,
+    biases: str | None = None,
 ) -> tuple[Any, Any, Any]:
     from quantcert.analyses.epsilon import input_box
-    from quantcert.cli_glue import check_on_box, load_model
-    from quantcert.engines import perturbation
+    from quantcert.cli_glue import check_on_box, load_model, make_perturbation
     from quantcert.intake.domain import parse_domain, parse_point
 
     net = load_model(model, perturb)
-    if (delta is None) == (rel is None):
-        raise InputError("give exactly one of --delta and --relative")
-    pert = (
-        perturbation.absolute(net, delta, select)
-        if delta is not None
-        else perturbation.relative(net, rel or 0.0, select)
-    )
+    pert = make_perturbation(net, delta, rel, select, weights, biases)
     if (at is None) == (domain is None):
         raise InputError("give exactly one of --at (a point) and --domain (a box)")
     n_inputs = 1
@@ -213,11 +259,11 @@ def _emit_query(result: Any, json_target: str | None, budget: Any = None, net: A
 
     witness = result.overall.witness
     if json_target not in (None, "-") and witness is not None:
+        from quantcert.report.output import write_npz
+
         path = Path(str(json_target)).with_suffix(".witness.npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(
-            path, x=witness.x, **{k.replace("/", "_"): v for k, v in witness.param_offsets.items()}
-        )
+        offsets = {k.replace("/", "_"): np.asarray(v) for k, v in witness.param_offsets.items()}
+        write_npz(path, x=np.asarray(witness.x), **offsets)
         result = dataclasses.replace(result, params_file=str(path))
     if net is not None:
         result = attach_onnx_witness(result, net, json_target)
@@ -229,6 +275,8 @@ def epsilon(
     model: ModelArg,
     delta: DeltaOpt = None,
     relative: RelOpt = None,
+    weights: WeightsOpt = None,
+    biases: BiasesOpt = None,
     select: SelectOpt = None,
     at: AtOpt = None,
     domain: DomainOpt = None,
@@ -243,7 +291,9 @@ def epsilon(
     json: JsonOpt = None,
 ) -> None:
     """Largest output change |f_theta(x) - f_theta0(x)| (seed 000 Defs. 1-2)."""
-    net, pert, box = _query_setup(model, delta, relative, select, at, domain, perturb, self_check)
+    net, pert, box = _query_setup(
+        model, delta, relative, select, at, domain, perturb, self_check, weights, biases
+    )
     budget = _budget(gap, timeout, method, device, memory_budget)
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import epsilon_exact
@@ -260,6 +310,8 @@ def flip(
     model: ModelArg,
     delta: DeltaOpt = None,
     relative: RelOpt = None,
+    weights: WeightsOpt = None,
+    biases: BiasesOpt = None,
     select: SelectOpt = None,
     at: AtOpt = None,
     domain: DomainOpt = None,
@@ -274,7 +326,9 @@ def flip(
     json: JsonOpt = None,
 ) -> None:
     """Can a parameter setting in the box change the label? (seed 000 Defs. 3-4)."""
-    net, pert, box = _query_setup(model, delta, relative, select, at, domain, perturb, self_check)
+    net, pert, box = _query_setup(
+        model, delta, relative, select, at, domain, perturb, self_check, weights, biases
+    )
     budget = _budget(0.0, timeout, method, device, memory_budget)
     if _engine(engine) == "exact":
         from quantcert.analyses.exact_queries import flip_exact
@@ -325,9 +379,13 @@ def kappa(
     ] = None,
     json: JsonOpt = None,
 ) -> None:
-    """Condition number kappa and the input bits it implies (seed 003)."""
+    """How much MODEL amplifies small relative input errors (condition number kappa, seed
+    003), measured on the images in --data, and the input bits this implies: min bits =
+    ceil(log2 kappa) + 1, the bits an input needs so that its rounding error, amplified by
+    kappa, stays below half the size of the outputs."""
     from quantcert.analyses.kappa_cli import kappa_command
 
+    check_output(json)
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
     kappa_command(model, data, method, limit, json, per_layer, radius)
@@ -341,29 +399,40 @@ def reproduce(
         int | None, typer.Option("--limit", help="Images per network (thesis)")
     ] = None,
 ) -> None:
-    """Reproduce a seed's tables and figures, with certificates."""
+    """Reproduce a seed's tables and figures, with certificates: paper (seed 000, the
+    perturbation bounds) or thesis (seed 003, kappa and input bit widths), into --out."""
+    from quantcert.report.output import check_output_dir
+
+    if what not in ("paper", "thesis"):
+        raise InputError(f"reproduce what? {what!r}: use paper or thesis")
+    check_output_dir(out or Path(f"quantcert-{what}"), "--out")
     if what == "thesis":
         from quantcert.analyses.kappa_cli import reproduce_thesis_command
 
         reproduce_thesis_command(out or Path("quantcert-thesis"), limit)
-    elif what == "paper":
+    else:
         from quantcert.analyses.paper_cli import reproduce_paper_command
 
         reproduce_paper_command(out or Path("quantcert-paper"))
-    else:
-        raise InputError(f"reproduce what? {what!r}: use paper or thesis")
 
 
 @app.command("train-case")
 def train_case(
     case: Annotated[str, typer.Argument(help="The case study to re-train: athletes")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the re-trained weights (ath_*.npz)")
+    ] = Path("quantcert-athletes"),
 ) -> None:
-    """Re-train the athletes MLPs (fixed seed) and rewrite the shipped weights."""
+    """Re-train the athletes MLPs (fixed seed) into --out; the shipped weights stay as they
+    are."""
     if case != "athletes":
         raise InputError(f"unknown case to train {case!r}: the only trainable case is athletes")
+    from quantcert.report.output import check_output_dir
+
+    check_output_dir(out, "--out")
     from quantcert.cases.athletes import main as train
 
-    train()
+    train(out)
 
 
 @app.command()
@@ -372,6 +441,9 @@ def demo(
 ) -> None:
     """The built-in case study: the seed's cat model."""
     from quantcert.analyses.demo import run_demo
+    from quantcert.report.output import check_output_dir
+
+    check_output_dir(out, "--out")
 
     run_demo(out)
 

@@ -29,6 +29,35 @@ def load_model(model: str, perturb: str) -> Network:
     return load(model, perturb, self_check=False)  # type: ignore[arg-type]
 
 
+def make_perturbation(
+    net: Network,
+    delta: float | None,
+    rel: float | None,
+    select: list[str] | None,
+    weights: str | None,
+    biases: str | None,
+) -> Any:
+    """The parameter box of ``--delta``, ``--relative``, or the formats of ``--weights`` and
+    ``--biases`` (exactly one kind)."""
+    from quantcert.engines import perturbation
+
+    kinds = (delta is not None) + (rel is not None) + (weights is not None or biases is not None)
+    if kinds != 1:
+        raise InputError("give exactly one of --delta, --relative, or --weights/--biases")
+    if delta is not None:
+        return perturbation.absolute(net, delta, select)
+    if rel is not None:
+        return perturbation.relative(net, rel, select)
+    if select:
+        raise InputError("--select does not combine with --weights/--biases: use a layer map")
+    from quantcert.formats import parse_layer_map
+    from quantcert.formats.apply import format_perturbation
+
+    w = parse_layer_map(weights) if weights is not None else None
+    b = parse_layer_map(biases) if biases is not None else None
+    return format_perturbation(net, w, b)
+
+
 def check_on_box(net: Network, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> None:
     """The load-time self-check at random inputs inside the query's box (ONNX models; no
     box: random inputs of [-1, 1]). A point is checked there and at such random inputs."""
