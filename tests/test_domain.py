@@ -80,8 +80,10 @@ def test_domain_errors(spec: str, message: str) -> None:
 def test_domain_dimension_count() -> None:
     with pytest.raises(InputError, match=r"^domain has 3 dimensions, the model takes 2 inputs$"):
         parse_domain("0:1,0:1,0:1", n_inputs=2)
-    with pytest.raises(InputError, match=r"^domain has 1 dimension, the model takes 3 inputs$"):
-        parse_domain("0:1", n_inputs=3)
+    with pytest.raises(InputError, match=r"^domain has 2 dimensions, the model takes 3 inputs$"):
+        parse_domain("0:1,0:1", n_inputs=3)
+    lo, hi = parse_domain("0:1", n_inputs=3)  # one LO:HI: every input
+    assert lo.tolist() == [0.0] * 3 and hi.tolist() == [1.0] * 3
     with pytest.raises(InputError, match=r"^domain has 784 dimensions, the model takes 1 input$"):
         parse_domain(str(VNNLIB / "mnistfc_prop_0_0.03.vnnlib"), n_inputs=1)
 

@@ -25,7 +25,9 @@ def test_the_enumeration_covers_every_supported_op() -> None:
     from quantcert.intake.onnx_layers import HANDLERS
 
     covered = {c.op for c in CASES}
-    missing = set(HANDLERS) - covered
+    # FakeQuant is internal (domain quantcert.internal, made by the QDQ rewrite from
+    # QuantizeLinear/DequantizeLinear pairs): tests/test_compare.py checks it against onnxruntime.
+    missing = set(HANDLERS) - covered - {"FakeQuant"}
     assert not missing, missing
     assert {c.opset for c in CASES} == set(range(13, 20))
     assert len(CASES) >= 300

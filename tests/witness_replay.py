@@ -26,6 +26,7 @@ import torch
 from quantcert.analyses.flip import threshold
 from quantcert.engines.perturbation import Perturbation
 from quantcert.network import Network
+from quantcert.ops import QuantNoise
 from quantcert.ops.base import DTYPE, Box
 from quantcert.report.replay import (
     epsilon_value,
@@ -80,6 +81,8 @@ def _output_change(net: Network, w: WitnessRecord, k: int) -> float:
 def _check_onnx(rec: Recorded, w: WitnessRecord, lower: float) -> str | None:
     if not rec.net.sources or rec.net.origin is None or not w.param_offsets:
         return None
+    if any(isinstance(n.op, QuantNoise) for n in rec.net.nodes):
+        return None  # activation noise has no initializer: the witness replays in the IR only
     model = onnx.load(rec.net.origin)
     with tempfile.TemporaryDirectory() as tmp:
         replay = write_onnx_witness(rec.net, model, w, Path(tmp) / "w.onnx")

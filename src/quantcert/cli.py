@@ -20,10 +20,19 @@ app = typer.Typer(
 )
 
 ModelArg = Annotated[
-    str, typer.Argument(help="A .onnx/.pt/.joblib path or cat, ath-relu, ath-linear")
+    str,
+    typer.Argument(
+        help="The network: a .onnx, .pt (saved PyTorch module) or .joblib (scikit-learn) "
+        "file, or a built-in case: cat, ath-relu, ath-linear"
+    ),
 ]
 JsonOpt = Annotated[
-    str | None, typer.Option("--json", help="Write the result as JSON to PATH ('-': stdout)")
+    str | None,
+    typer.Option(
+        "--json",
+        help="Also write the result as JSON to PATH ('-': to stdout, instead of the table); "
+        "the path is checked before any work",
+    ),
 ]
 
 
@@ -77,15 +86,18 @@ def emit(result: Any, json_target: str | None) -> None:
             typer.echo(result.to_text())
 
 
-@app.command()
+@app.command(
+    help="What quantcert sees in MODEL: input shape, layers, the tensors --delta moves.\n\n"
+    "Each layer with its output shape, and every parameter tensor a perturbation moves, with "
+    "its size and value range (the names --select takes)."
+)
 def info(
     model: ModelArg,
     perturb: PerturbOpt = "file",
     self_check: SelfCheckOpt = True,
     json: JsonOpt = None,
 ) -> None:
-    """What quantcert sees in MODEL: the input shape, each layer with its output shape, and
-    the parameter tensors that --delta moves, with their value ranges."""
+    """What quantcert sees in MODEL: input shape, layers, the tensors --delta moves."""
     from quantcert.analyses.info import describe
     from quantcert.cli_glue import check_on_box, load_model
 
@@ -97,22 +109,68 @@ def info(
 
 
 DeltaOpt = Annotated[
-    float | None, typer.Option("--delta", help="Absolute radius on every parameter")
+    float | None,
+    typer.Option(
+        "--delta",
+        help="How far each weight and bias may move, in its own units: |theta - theta0| <= D "
+        "(rounding to a step q moves it by at most q/2)",
+    ),
 ]
 RelOpt = Annotated[
-    float | None, typer.Option("--relative", help="Relative radius: delta * |theta0|")
+    float | None,
+    typer.Option(
+        "--relative",
+        help="How far each weight and bias may move, as a fraction of its size: "
+        "|theta - theta0| <= R |theta0| (floating-point rounding to p bits: R = 2**-p)",
+    ),
 ]
 SelectOpt = Annotated[
-    list[str] | None, typer.Option("--select", help="Perturb only these layers/tensors")
+    list[str] | None,
+    typer.Option(
+        "--select",
+        help="Perturb only this tensor or layer (names as `quantcert info` lists them); "
+        "repeat for several; the others stay fixed",
+    ),
 ]
-AtOpt = Annotated[str | None, typer.Option("--at", help="A point: X1,X2,... | .npy | .vnnlib")]
+AtOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        help="Ask at one input: X1,X2,..., a .npy file (uint8 values are divided by 255, as "
+        "kappa --data does) or a .vnnlib file (its box centre)",
+    ),
+]
 DomainOpt = Annotated[
-    str | None, typer.Option("--domain", help="A box: LO:HI,... | .vnnlib | .csv")
+    str | None,
+    typer.Option(
+        "--domain",
+        help="Ask over every input in a box: LO:HI per input (one LO:HI: the same for all), "
+        "a .vnnlib file, or a .csv (the bounding box of its numeric columns)",
+    ),
 ]
-GapOpt = Annotated[float, typer.Option("--gap", help="Stop when upper - lower <= GAP")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Time budget in seconds")]
+GapOpt = Annotated[
+    float,
+    typer.Option(
+        "--gap",
+        help="Stop when the certified upper bound and the lower bound a witness attains are "
+        "GAP apart (status optimal)",
+    ),
+]
+TimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Time budget in seconds; when it ends the bounds so far are the answer "
+        "(status bounded)",
+    ),
+]
 MethodOpt = Annotated[
-    str, typer.Option("--method", help="Bounds: crown, alpha (optimised ReLU slopes) or ibp")
+    str,
+    typer.Option(
+        "--method",
+        help="How bounds are computed: crown (linear bounds), alpha (CROWN with optimised "
+        "ReLU slopes: tighter, slower) or ibp (intervals: fastest, loosest)",
+    ),
 ]
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto (a GPU for nets of 100k+ parameters), cpu, cuda")
@@ -166,10 +224,50 @@ BiasesOpt = Annotated[
     str | None, typer.Option("--biases", help="Quantize the biases to a format (as --weights)")
 ]
 PerturbOpt = Annotated[str, typer.Option("--perturb", help=PERTURB_HELP)]
+ActivationsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--activations",
+        help="Quantize the inputs of every Gemm/MatMul/Conv (as onnxruntime's QDQ does) to a "
+        "format: uint8 (asymmetric, per tensor), int8, fp8-e4m3, qM.N, ...",
+    ),
+]
+InputFmtOpt = Annotated[
+    str | None, typer.Option("--input", help="Quantize the network input to a format")
+]
+CalibrationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--calibration",
+        help="Inputs (.npz with 'x' or 'images') whose min/max give the integer activation "
+        "scales, as onnxruntime's MinMax calibrator; default: bounds over the domain",
+    ),
+]
 SelfCheckOpt = Annotated[bool, typer.Option("--self-check/--no-self-check", help=SELF_CHECK_HELP)]
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="quantcert (bounds + B&B) or exact (SCIP, small nets)")
 ]
+
+
+EPSILON_HELP = (
+    "How far can the outputs move when every weight and bias moves within the box?\n\n"
+    "The largest change |f_theta(x) - f_theta0(x)| of each output, at the point --at "
+    "or over the box --domain: a certified upper bound, a lower bound that a stored "
+    "witness attains, and a status (seed 000, Defs. 1-2). The box: --delta, "
+    "--relative, or the formats of --weights/--biases (and --activations/--input)."
+)
+FLIP_HELP = (
+    "Can moving the weights within the box change the decision?\n\n"
+    "Whether some parameters in the box change the label (or cross --level) at --at "
+    "or anywhere in --domain: verified (no flip is possible), falsified (a witness "
+    "flips it), or unknown with a reason (seed 000, Defs. 3-4)."
+)
+SIGMA_HELP = (
+    "How close to the decision level can an input be and still flip?\n\n"
+    "Over --domain, for each side of the level, the largest distance of the nominal "
+    "output from the level at which some parameters within --delta/--relative still "
+    "flip the decision; inputs farther away keep their label (seed 000, Def. 5)."
+)
 
 
 def _query_setup(
@@ -183,13 +281,22 @@ def _query_setup(
     self_check: bool = True,
     weights: str | None = None,
     biases: str | None = None,
+    activations: str | None = None,
+    input_format: str | None = None,
+    calibration: str | None = None,
 ) -> tuple[Any, Any, Any]:
     from quantcert.analyses.epsilon import input_box
-    from quantcert.cli_glue import check_on_box, load_model, make_perturbation
+    from quantcert.cli_glue import (
+        add_activation_noise,
+        check_on_box,
+        load_model,
+        make_perturbation,
+    )
     from quantcert.intake.domain import parse_domain, parse_point
 
     net = load_model(model, perturb)
-    pert = make_perturbation(net, delta, rel, select, weights, biases)
+    noisy = activations is not None or input_format is not None
+    pert = make_perturbation(net, delta, rel, select, weights, biases, noisy)
     if (at is None) == (domain is None):
         raise InputError("give exactly one of --at (a point) and --domain (a box)")
     n_inputs = 1
@@ -203,6 +310,7 @@ def _query_setup(
         box = input_box(net, lo, hi)
     if self_check:
         check_on_box(net, box.lo.numpy(), box.hi.numpy())
+    net, pert = add_activation_noise(net, pert, box, activations, input_format, calibration)
     return net, pert, box
 
 
@@ -270,13 +378,16 @@ def _emit_query(result: Any, json_target: str | None, budget: Any = None, net: A
     emit(result, json_target)
 
 
-@app.command()
+@app.command(help=EPSILON_HELP)
 def epsilon(
     model: ModelArg,
     delta: DeltaOpt = None,
     relative: RelOpt = None,
     weights: WeightsOpt = None,
     biases: BiasesOpt = None,
+    activations: ActivationsOpt = None,
+    input_format: InputFmtOpt = None,
+    calibration: CalibrationOpt = None,
     select: SelectOpt = None,
     at: AtOpt = None,
     domain: DomainOpt = None,
@@ -290,9 +401,22 @@ def epsilon(
     self_check: SelfCheckOpt = True,
     json: JsonOpt = None,
 ) -> None:
-    """Largest output change |f_theta(x) - f_theta0(x)| (seed 000 Defs. 1-2)."""
+    """How far can the outputs move when every weight and bias moves within the box?"""
+    check_output(json)
     net, pert, box = _query_setup(
-        model, delta, relative, select, at, domain, perturb, self_check, weights, biases
+        model,
+        delta,
+        relative,
+        select,
+        at,
+        domain,
+        perturb,
+        self_check,
+        weights,
+        biases,
+        activations,
+        input_format,
+        calibration,
     )
     budget = _budget(gap, timeout, method, device, memory_budget)
     if _engine(engine) == "exact":
@@ -305,13 +429,16 @@ def epsilon(
     _emit_query(run(net, pert, box, budget), json, budget, net)
 
 
-@app.command()
+@app.command(help=FLIP_HELP)
 def flip(
     model: ModelArg,
     delta: DeltaOpt = None,
     relative: RelOpt = None,
     weights: WeightsOpt = None,
     biases: BiasesOpt = None,
+    activations: ActivationsOpt = None,
+    input_format: InputFmtOpt = None,
+    calibration: CalibrationOpt = None,
     select: SelectOpt = None,
     at: AtOpt = None,
     domain: DomainOpt = None,
@@ -325,9 +452,22 @@ def flip(
     self_check: SelfCheckOpt = True,
     json: JsonOpt = None,
 ) -> None:
-    """Can a parameter setting in the box change the label? (seed 000 Defs. 3-4)."""
+    """Can moving the weights within the box change the decision?"""
+    check_output(json)
     net, pert, box = _query_setup(
-        model, delta, relative, select, at, domain, perturb, self_check, weights, biases
+        model,
+        delta,
+        relative,
+        select,
+        at,
+        domain,
+        perturb,
+        self_check,
+        weights,
+        biases,
+        activations,
+        input_format,
+        calibration,
     )
     budget = _budget(0.0, timeout, method, device, memory_budget)
     if _engine(engine) == "exact":
@@ -340,7 +480,7 @@ def flip(
     _emit_query(run(net, pert, box, budget, level), json, budget, net)
 
 
-@app.command()
+@app.command(help=SIGMA_HELP)
 def sigma(
     model: ModelArg,
     domain: Annotated[str, typer.Option("--domain", help="A box: LO:HI,... | .vnnlib | .csv")],
@@ -353,19 +493,40 @@ def sigma(
     memory_budget: MemoryOpt = None,
     json: JsonOpt = None,
 ) -> None:
-    """Largest distance from the decision level that can still flip, per side (Def. 5)."""
+    """How close to the decision level can an input be and still flip?"""
+    check_output(json)
     from quantcert.analyses.paper_cli import sigma_command
 
     limit = parse_memory(memory_budget)
     sigma_command(model, delta, relative, domain, level, gap, timeout, _engine(engine), json, limit)
 
 
-@app.command()
+@app.command(
+    help="How much MODEL amplifies input errors (kappa, seed 003) and the input bits it "
+    "needs.\n\n"
+    "kappa = (|dy|/|y|) / (|dx|/|x|): how many times a small relative error of the input "
+    "(rounding it, noise) grows in the outputs, measured on the images in --data.\n\n"
+    "min bits = ceil(log2 kappa) + 1: the bits an input needs so that its rounding error, "
+    "amplified by kappa, stays below half the size of the outputs."
+)
 def kappa(
     model: ModelArg,
-    data: Annotated[str, typer.Option("--data", help=".npz (images, labels) or .vnnlib")],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="Inputs to measure at: an .npz with 'images' (uint8 divided by 255) and "
+            "optional 'labels', a .vnnlib file or a folder of them (box centres)",
+        ),
+    ],
     method: Annotated[
-        str, typer.Option("--method", help="deepfool, random, analytic or certified")
+        str,
+        typer.Option(
+            "--method",
+            help="deepfool (the smallest label-changing input error, measured), random "
+            "(random errors of that size), analytic (a sound upper bound from the Lipschitz "
+            "bound) or certified (measured and a sound bound per image)",
+        ),
     ] = "deepfool",
     limit: Annotated[int | None, typer.Option("--limit", help="First N images")] = None,
     per_layer: Annotated[
@@ -379,10 +540,7 @@ def kappa(
     ] = None,
     json: JsonOpt = None,
 ) -> None:
-    """How much MODEL amplifies small relative input errors (condition number kappa, seed
-    003), measured on the images in --data, and the input bits this implies: min bits =
-    ceil(log2 kappa) + 1, the bits an input needs so that its rounding error, amplified by
-    kappa, stays below half the size of the outputs."""
+    """How much MODEL amplifies input errors (kappa, seed 003) and the input bits it needs."""
     from quantcert.analyses.kappa_cli import kappa_command
 
     check_output(json)
@@ -392,6 +550,76 @@ def kappa(
 
 
 @app.command()
+def compare(
+    float_model: Annotated[str, typer.Argument(help="The float ONNX model")],
+    quant_model: Annotated[str, typer.Argument(help="Its QDQ-quantized ONNX model")],
+    at: Annotated[str | None, typer.Option("--at", help="A point X1,X2,...")] = None,
+    domain: Annotated[
+        str | None, typer.Option("--domain", help="LO:HI,... , a .vnnlib or a .csv")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Images (.npz): one label certificate each")
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds")] = 60.0,
+    gap: Annotated[float, typer.Option("--gap", help="Stop when upper - lower <= G")] = 1e-4,
+    json: Annotated[
+        str | None, typer.Option("--json", help="Write JSON here (- for stdout)")
+    ] = None,
+) -> None:
+    """Certify a quantized (QDQ) ONNX model against its float original: the largest output
+    difference over the domain, and whether any input gets a different label."""
+    check_output(json)
+    import numpy as np
+
+    from quantcert.analyses.compare import check_compatible, compare_points, label_certificate
+    from quantcert.analyses.compare import compare as run
+    from quantcert.analyses.epsilon import Budget, input_box
+    from quantcert.intake.domain import parse_domain, parse_point
+    from quantcert.intake.onnx_model import from_onnx
+    from quantcert.intake.qdq import from_qdq
+
+    if sum(v is not None for v in (at, domain, data)) != 1:
+        raise InputError("give exactly one of --at, --domain and --data")
+    float_net = from_onnx(float_model)
+    quant_net = from_qdq(quant_model)
+    check_compatible(float_net, quant_net)
+    n = int(np.prod(float_net.input_shape))
+    if data is not None:
+        from quantcert.analyses.kappa_data import load_images
+
+        points = load_images(data, float_net.input_shape).images.numpy()
+        summary = compare_points(float_net, quant_net, points)
+        if json is None:
+            typer.echo(
+                f"compare --data: verified {summary['verified']}, falsified "
+                f"{summary['falsified']}, unknown {summary['unknown']}; falsified images: "
+                f"{summary['falsified_images']}"
+            )
+        else:
+            from quantcert.report.output import write_json
+
+            write_json({"query": "compare data", **summary}, json)
+        return
+    if at is not None:
+        p = parse_point(at, n)
+        lo, hi = p, p
+    else:
+        assert domain is not None
+        lo, hi = parse_domain(domain, n)
+    box = input_box(float_net, lo, hi)
+    result = run(float_net, quant_net, box, Budget(gap=gap, timeout=timeout))
+    labels = label_certificate(float_net, quant_net, box)
+    import dataclasses
+
+    spec = {**result.spec, "labels": labels.to_dict()}
+    emit(dataclasses.replace(result, spec=spec), json)
+
+
+@app.command(
+    help="Reproduce a seed's tables and figures, with certificates, into --out.\n\n"
+    "paper: seed 000's bounds on what perturbing the weights does to outputs and labels; "
+    "thesis: seed 003's kappa and the input bit widths it implies."
+)
 def reproduce(
     what: Annotated[str, typer.Argument(help="paper (seed 000) or thesis (seed 003)")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder")] = None,
@@ -399,8 +627,7 @@ def reproduce(
         int | None, typer.Option("--limit", help="Images per network (thesis)")
     ] = None,
 ) -> None:
-    """Reproduce a seed's tables and figures, with certificates: paper (seed 000, the
-    perturbation bounds) or thesis (seed 003, kappa and input bit widths), into --out."""
+    """Reproduce a seed's tables and figures, with certificates, into --out."""
     from quantcert.report.output import check_output_dir
 
     if what not in ("paper", "thesis"):
@@ -423,8 +650,7 @@ def train_case(
         Path, typer.Option("--out", help="Folder for the re-trained weights (ath_*.npz)")
     ] = Path("quantcert-athletes"),
 ) -> None:
-    """Re-train the athletes MLPs (fixed seed) into --out; the shipped weights stay as they
-    are."""
+    """Re-train the athletes MLPs (fixed seed) into --out (the shipped ones stay)."""
     if case != "athletes":
         raise InputError(f"unknown case to train {case!r}: the only trainable case is athletes")
     from quantcert.report.output import check_output_dir

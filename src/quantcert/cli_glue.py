@@ -11,6 +11,7 @@ import numpy as np
 
 from quantcert.errors import InputError
 from quantcert.network import Network
+from quantcert.ops import QuantNoise
 
 PERTURB_HELP = (
     "file: radii on the initializers the ONNX file stores (BatchNormalization kept, Gemm "
@@ -36,14 +37,23 @@ def make_perturbation(
     select: list[str] | None,
     weights: str | None,
     biases: str | None,
+    activations: bool = False,
 ) -> Any:
     """The parameter box of ``--delta``, ``--relative``, or the formats of ``--weights`` and
-    ``--biases`` (exactly one kind)."""
+    ``--biases`` (exactly one kind; none at all when ``activations``: formats on the
+    activations or the input stand alone, the parameters stay float)."""
     from quantcert.engines import perturbation
 
     kinds = (delta is not None) + (rel is not None) + (weights is not None or biases is not None)
+    if kinds == 0 and activations:
+        if select:
+            raise InputError("--select needs --delta or --relative")
+        return perturbation.Perturbation({}, {"kind": "formats"})
     if kinds != 1:
-        raise InputError("give exactly one of --delta, --relative, or --weights/--biases")
+        raise InputError(
+            "give exactly one of --delta, --relative, or --weights/--biases "
+            "(or --activations/--input alone)"
+        )
     if delta is not None:
         return perturbation.absolute(net, delta, select)
     if rel is not None:
@@ -56,6 +66,61 @@ def make_perturbation(
     w = parse_layer_map(weights) if weights is not None else None
     b = parse_layer_map(biases) if biases is not None else None
     return format_perturbation(net, w, b)
+
+
+def load_calibration(path: str) -> np.ndarray:
+    """``--calibration FILE.npz``: an array ``x`` or ``images`` of inputs (N, ...); uint8
+    images are scaled to [0, 1], as everywhere else in the project."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--calibration {path}: cannot read it as .npz ({exc})") from None
+    with archive:
+        key = next((k for k in ("x", "images") if k in archive.files), None)
+        if key is None:
+            raise InputError(
+                f"--calibration {path}: no 'x' or 'images' array (found: "
+                f"{', '.join(archive.files) or 'none'})"
+            )
+        data = np.asarray(archive[key])
+    if data.dtype.kind not in "buif" or data.ndim < 1 or data.shape[0] == 0:
+        raise InputError(f"--calibration {path}: '{key}' is not an array of inputs")
+    scale = 255.0 if data.dtype == np.uint8 else 1.0
+    return data.astype(np.float64) / scale
+
+
+def add_activation_noise(
+    net: Network,
+    pert: Any,
+    box: Any,
+    activations: str | None,
+    input_format: str | None,
+    calibration: str | None,
+) -> tuple[Network, Any]:
+    """The network with quantization noise on its activations (``--activations``) and its
+    input (``--input``), and the perturbation with the noise radii added."""
+    if activations is None and input_format is None:
+        if calibration is not None:
+            raise InputError("--calibration needs --activations or --input")
+        return net, pert
+    from quantcert.engines.perturbation import Perturbation, explicit
+    from quantcert.formats import parse_format
+    from quantcert.formats.activations import describe_sites, quantize_activations
+
+    acts = parse_format(activations) if activations is not None else None
+    inp = parse_format(input_format) if input_format is not None else None
+    data = load_calibration(calibration) if calibration is not None else None
+    qnet, noise = quantize_activations(net, acts, inp, box, data, pert.radius)
+    merged = explicit(qnet, {**pert.radius, **noise})
+    description = {
+        **pert.description,
+        "kind": "formats",
+        "activations": None if acts is None else acts.describe(),
+        "input": None if inp is None else inp.describe(),
+        "quantized_tensors": describe_sites(net, acts, inp),
+        "scales_from": "calibration" if data is not None else "bounds on the box",
+    }
+    return qnet, Perturbation(merged.radius, description)
 
 
 def check_on_box(net: Network, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> None:
@@ -83,6 +148,12 @@ def attach_onnx_witness(result: Any, net: Network, json_target: str | None) -> A
         return result
     if net.origin is None or not net.sources:
         return result
+    if any(isinstance(n.op, QuantNoise) for n in net.nodes):
+        note = (
+            "the witness moves activation quantization noise, which no initializer holds: "
+            "it is stated in the JSON only"
+        )
+        return dataclasses.replace(result, witness_files={"onnx_note": note})
     import onnx
 
     from quantcert.report.replay import write_onnx_witness

@@ -48,6 +48,7 @@ def kappa_command(
         layers = layer_kappa(net, torch.as_tensor(images.images, dtype=torch.float64))
     if json_target is None:
         print(result.to_text())
+        print(MIN_BITS_NOTE)
         if layers is not None:
             print("\nper-layer kappa (the rest of the network from each layer's output)\n")
             print(layers.to_markdown())
@@ -56,6 +57,13 @@ def kappa_command(
         if layers is not None:
             doc["per_layer"] = layers.to_dict()
         write_json(doc, json_target)
+
+
+#: What "min bits" means, printed wherever min bits are printed.
+MIN_BITS_NOTE = (
+    "  min bits = ceil(log2 kappa) + 1 (seed 003, Eq. 5.1): the input bits needed so that "
+    "rounding the input, amplified by kappa, stays below half the size of the outputs"
+)
 
 
 def reproduce_thesis_command(out: Path, limit: int | None = None) -> None:
@@ -68,6 +76,7 @@ def reproduce_thesis_command(out: Path, limit: int | None = None) -> None:
         f"seed 003 reproduced in {settings['time_s']:.0f} s: {Path(out) / 'report.md'}, "
         f"{Path(out) / 'report.json'}, {len(settings['figures'])} figures"
     )
+    print(MIN_BITS_NOTE)
     for name, case in doc["networks"].items():
         d = case["deepfool"]
         print(

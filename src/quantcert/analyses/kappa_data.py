@@ -64,12 +64,39 @@ def _load_npz(path: Path, input_shape: tuple[int, ...], limit: int | None) -> Im
     with archive:
         if "images" not in archive.files:
             raise InputError(f"{path}: no 'images' array (found: {', '.join(archive.files)})")
-        images = archive["images"][:limit]
-        labels = archive["labels"][:limit] if "labels" in archive.files else None
-    if labels is not None and len(labels) != len(images):
-        raise InputError(f"{path}: {len(labels)} labels for {len(images)} images")
+        images = _array(archive, "images", path)[:limit]
+        labels = _array(archive, "labels", path)[:limit] if "labels" in archive.files else None
+    if images.dtype.kind not in "buif":
+        raise InputError(f"{path}: 'images' holds {_kind(images)}, not numbers")
+    if images.ndim == 0:
+        raise InputError(f"{path}: 'images' is a single number, not an array of images")
+    if labels is not None:
+        if labels.dtype.kind not in "bui" and not _integral(labels):
+            raise InputError(f"{path}: 'labels' holds {_kind(labels)}, not class indices")
+        if labels.ndim == 0 or len(labels) != len(images):
+            n = 1 if labels.ndim == 0 else len(labels)
+            raise InputError(f"{path}: {n} labels for {len(images)} images")
     out_labels = None if labels is None else np.asarray(labels).astype(np.int64).ravel()
     return ImageSet(_fit(images, input_shape, str(path)), out_labels, str(path))
+
+
+def _array(archive: np.lib.npyio.NpzFile, name: str, path: Path) -> np.ndarray:
+    """One array of an ``.npz``; unreadable ones (Python objects, corrupt members) refused."""
+    try:
+        return np.asarray(archive[name])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        why = "Python objects" if "allow_pickle" in str(exc) else type(exc).__name__
+        raise InputError(f"{path}: array {name!r} cannot be read ({why})") from None
+
+
+def _kind(a: np.ndarray) -> str:
+    kinds = {"U": "text", "S": "bytes", "O": "Python objects", "c": "complex numbers"}
+    return kinds.get(a.dtype.kind, f"values of type {a.dtype}")
+
+
+def _integral(a: np.ndarray) -> bool:
+    """Float labels that are whole numbers (e.g. labels saved as float) are accepted."""
+    return a.dtype.kind == "f" and bool(np.isfinite(a).all()) and bool((a == np.round(a)).all())
 
 
 def vnnlib_box(path: Path) -> tuple[np.ndarray, np.ndarray, int | None]:

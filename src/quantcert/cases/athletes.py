@@ -16,7 +16,8 @@ acts on the shipped parameters. Training is float64, single-threaded, seeded: de
 Training accuracy of the shipped networks (seed 0), on the 10,858 rows:
 ath-relu 77.52% (seed 000: 77.19%), ath-linear 77.32% (seed 000: 77.36%).
 
-Re-run with ``python -m quantcert.cases.athletes`` (rewrites ``cases/data/ath_*.npz``).
+Re-run with ``python -m quantcert.cases.athletes`` (rewrites ``cases/data/ath_*.npz``);
+``quantcert train-case athletes --out DIR`` writes to ``DIR`` instead.
 """
 
 from __future__ import annotations
@@ -160,15 +161,17 @@ def train_and_save(out_dir: Path = DATA_DIR, seed: int = 0) -> list[TrainedCase]
     return cases
 
 
-def main() -> None:
-    """Re-train the shipped athletes networks and print their training accuracies."""
+def main(out_dir: Path = DATA_DIR) -> None:
+    """Re-train the athletes networks into ``out_dir`` (default: the shipped weights, for
+    ``python -m``; the CLI's ``train-case`` writes to its ``--out`` folder) and print their
+    training accuracies."""
     start = time.perf_counter()
-    for case in train_and_save():
+    for case in train_and_save(out_dir):
         print(
             f"{case.name}: training accuracy {case.accuracy:.2%} on {case.rows} rows "
             f"({case.dropped} dropped for a missing value), seed {case.seed}"
         )
-    print(f"recipe: {RECIPE}; {time.perf_counter() - start:.1f} s")
+    print(f"recipe: {RECIPE}; {time.perf_counter() - start:.1f} s; weights in {out_dir}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Input domains (boxes) and input points from their command-line forms.
 
-A domain is ``LO:HI,LO:HI,...``, a ``.vnnlib`` file (its input box) or a ``.csv`` file (the
-bounding box of its numeric columns). A point is ``X1,X2,...``, a ``.npy`` file (flattened)
-or a ``.vnnlib`` file (its box centre). Every problem raises ``InputError`` with a one-line
-message; dimensions and coordinates in messages count from 1.
+A domain is ``LO:HI,LO:HI,...`` (one ``LO:HI`` alone is the same interval for every input),
+a ``.vnnlib`` file (its input box) or a ``.csv`` file (the bounding box of its numeric
+columns). A point is ``X1,X2,...``, a ``.npy`` file (flattened; uint8 values are divided by
+255, the convention of ``kappa --data``) or a ``.vnnlib`` file (its box centre, which a
+warning says). Every problem raises ``InputError`` with a one-line message; dimensions and
+coordinates in messages count from 1.
 
 CSV rows lacking a value in a used column are dropped; ``csv_box`` returns how many, and
 ``parse_domain`` logs a warning on the ``quantcert.intake.domain`` logger (printed to stderr
-when logging is not configured).
+when logging is not configured); so does ``parse_point`` for a ``.vnnlib`` point.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def parse_domain(
         lo, hi = box.lower, box.upper
     else:
         lo, hi = _parse_intervals(text)
+        if lo.shape[0] == 1 and n_inputs is not None:
+            lo, hi = np.full(n_inputs, lo[0]), np.full(n_inputs, hi[0])
     _check_count(lo.shape[0], n_inputs, "domain", "dimension")
     return lo, hi
 
@@ -91,6 +95,12 @@ def parse_point(spec: str | os.PathLike[str], n_inputs: int | None = None) -> np
     suffix = text.lower().rsplit(".", 1)[-1]
     if suffix == "vnnlib":
         x = load_vnnlib(text).centre()
+        log.warning(
+            "note: --at %s is a box; using its centre as the point (give --domain %s for the "
+            "whole box)",
+            text,
+            text,
+        )
     elif suffix == "npy":
         x = _load_npy(text)
     else:
@@ -217,7 +227,7 @@ def _number(token: str, where: str) -> float:
 
 
 def _load_npy(name: str) -> np.ndarray:
-    """A ``.npy`` array, flattened to float64 of shape ``(n,)``."""
+    """A ``.npy`` array, flattened to float64 of shape ``(n,)``; uint8 divided by 255."""
     if not Path(name).is_file():
         raise InputError(f"point file {name} not found")
     try:
@@ -227,6 +237,8 @@ def _load_npy(name: str) -> np.ndarray:
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf" or arr.size == 0:
         raise InputError(f"point file {name} does not hold a non-empty array of real numbers")
     x = arr.astype(np.float64).reshape(-1)
+    if arr.dtype == np.uint8:  # the convention of ``kappa --data`` (``kappa_data._fit``)
+        x = x / 255.0
     bad = np.flatnonzero(~np.isfinite(x))
     if bad.size:
         raise InputError(f"point file {name}: coordinate {int(bad[0]) + 1} is not finite")

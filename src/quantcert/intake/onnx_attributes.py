@@ -66,6 +66,8 @@ ATTRIBUTES: dict[str, dict[str, tuple[Any, ...] | None]] = {
         "value_int": ANY,
         "value_ints": ANY,
     },
+    # Written by intake/qdq.py for a QuantizeLinear -> DequantizeLinear pair on an activation.
+    "FakeQuant": {"scale": ANY, "zero_point": ANY, "qmin": ANY, "qmax": ANY, "axis": ANY},
 }
 
 

@@ -24,12 +24,65 @@ def as_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float64))
 
 
+#: Operators of dynamic-quantized and QOperator-format ONNX graphs (onnxruntime's), refused
+#: by name. QuantizeLinear/DequantizeLinear are not here: QDQ graphs are ``intake/qdq.py``'s.
+_QUANTIZED_OPS = frozenset(
+    {
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QGemm",
+        "QAttention",
+        "MatMulNBits",
+    }
+)
+_HALF = frozenset({onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+
+
+def _refuse_quantized_and_half(graph: onnx.GraphProto) -> None:
+    """Refuse a dynamic-quantized or QOperator graph (naming its first quantized operator)
+    and a float16/bfloat16 graph (input, output, used initializer or Cast), before any
+    translation."""
+    for n in graph.node:
+        if n.op_type in _QUANTIZED_OPS or n.op_type.startswith("QLinear"):
+            raise InputError(
+                f"quantized ONNX operator {n.op_type} (node {n.name!r}) is not supported: "
+                "give the float model that was quantized"
+            )
+    used = {name for n in graph.node for name in n.input}
+    half = [
+        f"{kind} {v.name!r}"
+        for kind, values in (("input", graph.input), ("output", graph.output))
+        for v in values
+        if v.type.tensor_type.elem_type in _HALF
+    ]
+    half += [
+        f"initializer {t.name!r}"
+        for t in graph.initializer
+        if t.data_type in _HALF and t.name in used
+    ]
+    half += [
+        f"Cast node {n.name!r}"
+        for n in graph.node
+        if n.op_type in ("Cast", "CastLike")
+        and any(a.name == "to" and a.i in _HALF for a in n.attribute)
+    ]
+    if half:
+        raise InputError(
+            f"float16 models are not supported yet ({half[0]} is float16/bfloat16): give the "
+            "float32 model"
+        )
+
+
 class Builder:
     """``fold_batchnorm``: fold BatchNormalization into the Conv/Gemm before it (the IR
     parameters are then the folded ones, ``--perturb folded``)."""
 
     def __init__(self, model: onnx.ModelProto, fold_batchnorm: bool = False) -> None:
         graph = model.graph
+        _refuse_quantized_and_half(graph)
         self.fold_batchnorm = fold_batchnorm
         self.opset = max(
             (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13

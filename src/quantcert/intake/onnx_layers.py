@@ -354,6 +354,30 @@ def _activation(b: Builder, n: onnx.NodeProto) -> None:
     b.add(n, ops[n.op_type](), [src])
 
 
+def _fake_quant(b: Builder, n: onnx.NodeProto) -> None:
+    """A QuantizeLinear -> DequantizeLinear pair on an activation (``intake/qdq.py``)."""
+    from quantcert.ops.quantizer import FakeQuant
+
+    a = attributes(n)
+    src, _ = _one_activation(b, n)
+    scale = np.asarray(a["scale"], dtype=np.float32).astype(np.float64)
+    zp = np.asarray(a["zero_point"], dtype=np.float64)
+    full = b.full(src)
+    axis = a.get("axis")
+    if scale.size > 1:
+        rank = len(full)
+        ax = int(axis) % rank if axis is not None else 1 % rank
+        shape = [1] * rank
+        shape[ax] = scale.size
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    else:
+        scale, zp = scale.reshape(()), zp.reshape(())
+    op = FakeQuant(
+        b.broadcast(scale, src, n), b.broadcast(zp, src, n), int(a["qmin"]), int(a["qmax"]), axis
+    )
+    b.add(n, op, [src])
+
+
 def _alias(b: Builder, n: onnx.NodeProto) -> None:
     attributes(n)
     if n.op_type == "Dropout":
@@ -408,4 +432,5 @@ HANDLERS: dict[str, Callable[[Builder, onnx.NodeProto], None]] = {
     "Identity": _alias,
     "Dropout": _alias,
     "Constant": _constant,
+    "FakeQuant": _fake_quant,
 }

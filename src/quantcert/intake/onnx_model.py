@@ -51,7 +51,12 @@ def translate(model: onnx.ModelProto, name: str = "network", perturb: Perturb = 
     b = Builder(model, fold_batchnorm=perturb == "folded")
     for n in model.graph.node:
         handler = HANDLERS.get(n.op_type)
-        if handler is None or n.domain not in ("", "ai.onnx"):
+        internal = n.op_type == "FakeQuant" and n.domain == "quantcert.internal"
+        if (
+            handler is None
+            or (n.domain not in ("", "ai.onnx") and not internal)
+            or (n.op_type == "FakeQuant" and not internal)
+        ):
             raise InputError(f"unsupported ONNX operator {n.op_type} (node {n.name!r})")
         try:
             handler(b, n)

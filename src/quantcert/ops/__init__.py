@@ -6,6 +6,7 @@ from quantcert.ops.base import DTYPE, Box, Op
 from quantcert.ops.conv import Conv
 from quantcert.ops.heads import Softmax
 from quantcert.ops.linear import AvgPool, Pad, Reshape, Scale, Sum
+from quantcert.ops.noise import QuantNoise
 from quantcert.ops.normalization import BatchNorm
 from quantcert.ops.pooling import MaxPool
 
@@ -21,6 +22,7 @@ __all__ = [
     "MaxPool",
     "Op",
     "Pad",
+    "QuantNoise",
     "ReLU",
     "Reshape",
     "Scale",
