@@ -373,6 +373,18 @@ def _emit_query(result: Any, json_target: str | None, budget: Any = None, net: A
         offsets = {k.replace("/", "_"): np.asarray(v) for k, v in witness.param_offsets.items()}
         write_npz(path, x=np.asarray(witness.x), **offsets)
         result = dataclasses.replace(result, params_file=str(path))
+        if len(result.per_output) > 1:  # each output's witness in its own file
+            files: list[str | None] = []
+            for k, cert in enumerate(result.per_output):
+                w = cert.witness
+                if w is None:
+                    files.append(None)
+                    continue
+                one = Path(str(json_target)).with_suffix(f".witness.output{k}.npz")
+                parts = {n.replace("/", "_"): np.asarray(v) for n, v in w.param_offsets.items()}
+                write_npz(one, x=np.asarray(w.x), **parts)
+                files.append(str(one))
+            result = dataclasses.replace(result, per_output_files=tuple(files))
     if net is not None:
         result = attach_onnx_witness(result, net, json_target)
     emit(result, json_target)

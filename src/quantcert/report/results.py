@@ -11,6 +11,8 @@ import numpy as np
 
 #: Witness parameter tensors up to this many values are written inline in JSON.
 INLINE_PARAMS = 2000
+#: Witness inputs up to this many values are written inline when a witness file exists.
+INLINE_X = 64
 #: The reason a certificate with a NaN or an infinite bound carries; its status is ``unknown``.
 NON_FINITE = "non-finite bound"
 
@@ -28,7 +30,12 @@ class WitnessRecord:
     below_error_scale: bool = False
 
     def to_dict(self, params_file: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"x": self.x.ravel().tolist(), "value": self.value}
+        """``params_file``: the .npz holding this witness (``x`` and theta - theta0 per
+        tensor); large parameter sets and inputs are then named there, not written inline."""
+        if params_file is not None and self.x.size > INLINE_X:
+            out: dict[str, Any] = {"x_file": params_file, "value": self.value}
+        else:
+            out = {"x": self.x.ravel().tolist(), "value": self.value}
         out["value_error"] = self.error
         if self.below_error_scale:
             out["note"] = "the value is below the float64 error scale of its evaluation"
@@ -97,13 +104,19 @@ class QueryResult:
     params_file: str | None = None
     #: Files written for the overall witness (its replayable ONNX model), by the CLI.
     witness_files: dict[str, Any] = field(default_factory=dict)
+    #: One .npz per per-output witness (its own x and parameters), by the CLI.
+    per_output_files: tuple[str | None, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = {"query": self.query, **self.overall.to_dict(self.params_file), "spec": self.spec}
         if self.witness_files and isinstance(out.get("witness"), dict):
             out["witness"].update(self.witness_files)
         if len(self.per_output) > 1:
-            out["per_output"] = [c.to_dict(self.params_file) for c in self.per_output]
+            files = self.per_output_files
+            out["per_output"] = [
+                c.to_dict(files[k] if k < len(files) else None)
+                for k, c in enumerate(self.per_output)
+            ]
         return out
 
     def to_text(self) -> str:
