@@ -213,3 +213,51 @@ def test_every_per_output_witness_replays_in_onnxruntime(tmp_path: Path) -> None
             float(replay_witness(w.model).ravel()[k] - replay_witness(base.model).ravel()[k])
         )
         assert change >= entry["lower"] - 1e-5, (k, change, entry["lower"])
+
+
+def test_sigterm_keeps_the_bounds_so_far_and_exits_143(tmp_path: Path) -> None:
+    """Issue 12, defect 2: SIGTERM during branch and bound stops it promptly, writes the
+    bounds reached so far marked interrupted, and exits 143 (SIGINT: 130), not 0."""
+    import signal
+    import time
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    sizes, inits, nodes, prev = [2, 20, 20, 20, 1], {}, [], "x"
+    for i in range(4):
+        inits[f"W{i}"] = rng.normal(size=(sizes[i], sizes[i + 1])) / np.sqrt(sizes[i])
+        inits[f"b{i}"] = rng.normal(size=sizes[i + 1]) * 0.1
+        nodes += [
+            helper.make_node("MatMul", [prev, f"W{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}" if i < 3 else "y"]),
+        ]
+        if i < 3:
+            nodes.append(helper.make_node("Tanh", [f"a{i}"], [f"t{i}"]))
+            prev = f"t{i}"
+    graph = helper.make_graph(
+        nodes,
+        "deep_tanh",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(a.astype(np.float32), k) for k, a in inits.items()],
+    )
+    path, out = tmp_path / "deep_tanh.onnx", tmp_path / "eps.json"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    args = ["epsilon", str(path), "--delta", "0.1", "--domain=-1:1", "--timeout", "120"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from quantcert.cli import main; main()", *args, "--json", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(10)  # imports, load and the first witness search; then branch and bound
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)  # it stopped 0.75 s after the signal here
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    if out.exists():  # the search had started: its bounds so far are kept
+        data = json.loads(out.read_text())
+        assert data["spec"]["interrupted"] is True
+        assert data["lower"] <= data["upper"]

@@ -385,9 +385,15 @@ def _emit_query(result: Any, json_target: str | None, budget: Any = None, net: A
                 write_npz(one, x=np.asarray(w.x), **parts)
                 files.append(str(one))
             result = dataclasses.replace(result, per_output_files=tuple(files))
+    stopped = "code" in _STOPPED_BY or result.overall.status == "interrupted"
+    if stopped:
+        result = dataclasses.replace(result, spec={**result.spec, "interrupted": True})
     if net is not None:
         result = attach_onnx_witness(result, net, json_target)
     emit(result, json_target)
+    if stopped:
+        typer.echo("quantcert: interrupted: the bounds above are those reached so far", err=True)
+        sys.exit(_STOPPED_BY.get("code", 130))
 
 
 @app.command(help=EPSILON_HELP)
@@ -686,15 +692,35 @@ def demo(
     run_demo(out)
 
 
+#: The exit code of the signal that stopped the run (130 SIGINT, 143 SIGTERM), once one came.
+_STOPPED_BY: dict[str, int] = {}
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """SIGINT and SIGTERM both end the search as Ctrl-C does: what finished is kept."""
+    _STOPPED_BY["code"] = 128 + signum
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        app(standalone_mode=True)
+        try:
+            app(standalone_mode=True)
+        except SystemExit as exc:
+            # click turns a KeyboardInterrupt outside the searches into "Aborted!", exit 1.
+            if "code" in _STOPPED_BY and exc.code == 1:
+                sys.exit(_STOPPED_BY["code"])
+            raise
     except InputError as exc:
         typer.echo(f"quantcert: error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("quantcert: interrupted", err=True)
-        sys.exit(130)
+        typer.echo("quantcert: interrupted before any result was finished", err=True)
+        sys.exit(_STOPPED_BY.get("code", 130))
     except Exception as exc:  # never a traceback for the user unless asked for
         if os.environ.get("QUANTCERT_DEBUG"):
             raise
