@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from quantcert.analyses.epsilon import Budget, certificate_status
+from quantcert.analyses.epsilon import Budget, box_echo, certificate_status
 from quantcert.engines.attack import Witness, certified, evaluation_error, search
 from quantcert.engines.bab import (
     Memory,
@@ -181,8 +181,7 @@ def _compare(float_net: Network, quant_net: Network, box: Box, budget: Budget) -
             "quantized_model": quant_net.name,
             "gap": budget.gap,
             "timeout": budget.timeout,
-            "lo": box.lo.flatten().tolist() if box.lo.numel() <= 64 else "(large)",
-            "hi": box.hi.flatten().tolist() if box.hi.numel() <= 64 else "(large)",
+            **box_echo(box),
         },
     )
 

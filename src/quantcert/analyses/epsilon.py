@@ -87,6 +87,15 @@ def input_box(net: Network, lo: np.ndarray, hi: np.ndarray) -> Box:
     )
 
 
+def box_echo(box: Box) -> dict[str, object]:
+    """The input box as results echo it: its bounds up to 64 values, else ``(large)``."""
+    small = box.lo.numel() <= 64
+    return {
+        "lo": box.lo.flatten().tolist() if small else "(large)",
+        "hi": box.hi.flatten().tolist() if small else "(large)",
+    }
+
+
 def _record(net: Network, w: Witness) -> WitnessRecord:
     offsets = {k: v.cpu().numpy() for k, v in w.offsets(net).items()}
     return WitnessRecord(w.x.cpu().numpy(), offsets, w.value, w.error, w.below_error_scale)
@@ -172,8 +181,7 @@ def _epsilon(net: Network, pert: Perturbation, box: Box, budget: Budget) -> Quer
             "perturbation": pert.description,
             "gap": budget.gap,
             "timeout": budget.timeout,
-            "lo": box.lo.flatten().tolist() if box.lo.numel() <= 64 else "(large)",
-            "hi": box.hi.flatten().tolist() if box.hi.numel() <= 64 else "(large)",
+            **box_echo(box),
         },
     )
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from quantcert.analyses.epsilon import Budget, _record, certificate_status
+from quantcert.analyses.epsilon import Budget, _record, box_echo, certificate_status
 from quantcert.analyses.flip import threshold
 from quantcert.analyses.sigma_search import Problem, side_search
 from quantcert.engines.attack import Witness
@@ -215,8 +215,7 @@ def _sigma(
         "threshold_logit": p.t,
         "gap": budget.gap,
         "timeout": budget.timeout,
-        "lo": box.lo.flatten().tolist() if box.lo.numel() <= 64 else "(large)",
-        "hi": box.hi.flatten().tolist() if box.hi.numel() <= 64 else "(large)",
+        **box_echo(box),
     }
     if target is not None:
         spec["sigma"] = target

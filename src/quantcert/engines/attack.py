@@ -142,7 +142,10 @@ SMOOTH_ELEMENTS = 1_000_000
 
 
 def _smooth(net: Network) -> bool:
-    return any(isinstance(node.op, Sigmoid | Tanh) for node in net.nodes)
+    """A sigmoid or tanh inside the network. Not a monotone head on the output alone (cat,
+    ath-relu): the logit is then piecewise linear, and the first search with its corner
+    polish already does as well (cat: 0.19 s -> 0.09 s)."""
+    return any(isinstance(n.op, Sigmoid | Tanh) and n.name != net.output_node for n in net.nodes)
 
 
 def _smooth_search(
@@ -158,13 +161,9 @@ def _smooth_search(
     steps on a momentum of normalised gradients, a decaying step, starts at the best witness
     so far, at random points inside the boxes and at random corners; at the end every
     parameter is pushed to the end of its box that its gradient points to, kept where that
-    is better. Input box batch 1 only (the first search of a query). Not when the only smooth
-    op is a monotone head on the output (cat, ath-relu), where the logit is piecewise linear
-    and the first search with its corner polish already does as well (cat: 0.19 s -> 0.09 s)."""
-    hidden = [
-        n for n in net.nodes if isinstance(n.op, Sigmoid | Tanh) and n.name != net.output_node
-    ]
-    if box.lo.shape[0] != 1 or not hidden:
+    is better. Input box batch 1 only (the first search of a query); networks with a hidden
+    sigmoid or tanh only (``_smooth``)."""
+    if box.lo.shape[0] != 1:
         return found
     size = sum(int(lo.numel()) for lo, _ in limits.values()) + int(box.lo[0].numel())
     columns = len(found)

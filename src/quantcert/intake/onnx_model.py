@@ -24,6 +24,7 @@ import onnx
 from quantcert.errors import InputError
 from quantcert.intake.onnx_builder import Builder
 from quantcert.intake.onnx_layers import HANDLERS
+from quantcert.intake.qdq import FAKE_QUANT, FAKE_QUANT_DOMAIN
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops import Sigmoid, Softmax
 
@@ -51,12 +52,9 @@ def translate(model: onnx.ModelProto, name: str = "network", perturb: Perturb = 
     b = Builder(model, fold_batchnorm=perturb == "folded")
     for n in model.graph.node:
         handler = HANDLERS.get(n.op_type)
-        internal = n.op_type == "FakeQuant" and n.domain == "quantcert.internal"
-        if (
-            handler is None
-            or (n.domain not in ("", "ai.onnx") and not internal)
-            or (n.op_type == "FakeQuant" and not internal)
-        ):
+        # FakeQuant exists only in the QDQ rewrite's own domain, never in a user's file.
+        domains = (FAKE_QUANT_DOMAIN,) if n.op_type == FAKE_QUANT else ("", "ai.onnx")
+        if handler is None or n.domain not in domains:
             raise InputError(f"unsupported ONNX operator {n.op_type} (node {n.name!r})")
         try:
             handler(b, n)

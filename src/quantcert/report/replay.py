@@ -19,7 +19,13 @@ from quantcert.errors import InputError
 from quantcert.network import Network
 from quantcert.ops.base import DTYPE, Box
 from quantcert.report.results import WitnessRecord
-from quantcert.report.witness_onnx import WitnessFiles, replay_witness, write_witness_model
+from quantcert.report.witness_onnx import (
+    WitnessFiles,
+    replay_witness,
+    run_onnx,
+    stored_input,
+    write_witness_model,
+)
 
 
 def witness_params(net: Network, w: WitnessRecord) -> dict[str, torch.Tensor]:
@@ -31,13 +37,13 @@ def witness_params(net: Network, w: WitnessRecord) -> dict[str, torch.Tensor]:
     }
 
 
-def epsilon_value(net: Network, w: WitnessRecord) -> float:
-    """``max_k |f_theta(x)_k - f_theta0(x)_k|`` at the witness, in float64."""
+def epsilon_value(net: Network, w: WitnessRecord, output: int | None = None) -> float:
+    """``max_k |f_theta(x)_k - f_theta0(x)_k|`` at the witness (only ``k = output`` when
+    given), in float64."""
     x = torch.as_tensor(np.asarray(w.x), dtype=DTYPE).reshape(1, *net.input_shape)
     with torch.no_grad():
-        moved = net(x, witness_params(net, w))
-        base = net(x)
-    return float((moved - base).abs().max())
+        change = (net(x, witness_params(net, w)) - net(x)).abs().flatten()
+    return float(change.max() if output is None else change[output])
 
 
 def labels_differ(net: Network, w: WitnessRecord, threshold: float) -> bool:
@@ -56,11 +62,12 @@ def inside(net: Network, pert: Perturbation, box: Box, w: WitnessRecord) -> bool
     x = torch.as_tensor(np.asarray(w.x), dtype=DTYPE).reshape(box.lo.shape[1:])
     if not bool(((x >= box.lo[0].cpu()) & (x <= box.hi[0].cpu())).all()):
         return False
+    nominal = net.param_tensors()
     for name, off in w.param_offsets.items():
         r = pert.radius.get(name)
         limit = torch.zeros(()) if r is None else r.detach().cpu()
         # theta - theta0 is itself rounded: allow its last bit.
-        slack = 2.0**-50 * (limit + net.param_tensors()[name].detach().cpu().abs())
+        slack = 2.0**-50 * (limit + nominal[name].detach().cpu().abs())
         if not bool((torch.as_tensor(np.asarray(off)).abs() <= limit + slack).all()):
             return False
     return True
@@ -83,16 +90,6 @@ def write_onnx_witness(
     if not net.sources:
         raise InputError("the witness is stated on folded parameters: no file tensor to write")
     files = write_witness_model(model, net.file_params(witness_params(net, w)), w.x, out_onnx)
-    stored = write_witness_model(
-        model, {}, w.x, out_onnx.with_name(out_onnx.stem + ".nominal.onnx")
-    )
-    try:
-        change = float(
-            np.abs(
-                replay_witness(files.model).astype(np.float64) - replay_witness(stored.model)
-            ).max()
-        )
-    finally:
-        stored.model.unlink(missing_ok=True)
-        stored.input.unlink(missing_ok=True)
-    return OnnxReplay(files, change)
+    moved = replay_witness(files.model).astype(np.float64)
+    nominal = run_onnx(model, stored_input(files.model), "the stored model").astype(np.float64)
+    return OnnxReplay(files, float(np.abs(moved - nominal).max()))

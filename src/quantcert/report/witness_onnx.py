@@ -145,20 +145,33 @@ def replay_witness(out_onnx: Path) -> np.ndarray:
     """Run the witness model in onnxruntime (CPU) on its stored input; the first graph output
     as onnxruntime returns it (with the batch axis when the graph has one)."""
     out_onnx = Path(out_onnx)
+    stored = input_path(out_onnx)
+    if not out_onnx.is_file() or not stored.is_file():
+        raise InputError(f"witness files not found: {out_onnx} and {stored}")
+    return run_onnx(out_onnx, stored_input(out_onnx), out_onnx.name)
+
+
+def stored_input(out_onnx: Path) -> dict[str, np.ndarray]:
+    """The witness input written beside ``out_onnx``, as onnxruntime's feed."""
+    with np.load(input_path(out_onnx)) as data:
+        return {name: data[name] for name in data.files}
+
+
+def run_onnx(
+    model: Path | onnx.ModelProto, feed: Mapping[str, np.ndarray], label: str
+) -> np.ndarray:
+    """The first output of ``model`` (a file, or a model in memory) run by onnxruntime's
+    CPU provider on ``feed``; a failure is one line naming ``label``."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise InputError("onnxruntime is not installed: cannot replay the witness") from None
-    stored = input_path(out_onnx)
-    if not out_onnx.is_file() or not stored.is_file():
-        raise InputError(f"witness files not found: {out_onnx} and {stored}")
-    with np.load(stored) as data:
-        feed = {name: data[name] for name in data.files}
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
     try:
-        session = ort.InferenceSession(str(out_onnx), opts, ["CPUExecutionProvider"])
-        return np.asarray(session.run(None, feed)[0])
+        session = ort.InferenceSession(source, opts, ["CPUExecutionProvider"])
+        return np.asarray(session.run(None, dict(feed))[0])
     except Exception as exc:
         text = " ".join(str(exc).split())[:240]
-        raise InputError(f"onnxruntime cannot replay {out_onnx.name}: {text}") from None
+        raise InputError(f"onnxruntime cannot replay {label}: {text}") from None
