@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from onnx import numpy_helper
 
+from onnx_cases_cnn import cnn_cases
 from onnx_generator import BASES, F32, F64, Case, G, cycle_opset, gemm_base, matmul_base
 
 
@@ -371,6 +372,7 @@ def all_cases() -> list[Case]:
         + pad_cases()
         + activation_cases()
         + misc_cases()
+        + cnn_cases()
     )
     ids = [c.id for c in cases]
     assert len(ids) == len(set(ids)), "case ids must be unique"

@@ -1,6 +1,6 @@
 """Every generated ONNX graph (``onnx_cases``: each supported op over its attribute values
-and broadcast shapes, float32 and float64, opsets 13..19) either loads and matches
-onnxruntime (1e-6 relative against a float64 reference, 1e-5 where onnxruntime computes in
+and broadcast shapes, float32 and float64, opsets 13..19 and some older) either loads and
+matches onnxruntime (1e-6 relative against a float64 reference, 1e-5 where onnxruntime computes in
 float32 only) or is refused with an ``InputError`` naming the op. A silent mismatch fails."""
 
 from __future__ import annotations
@@ -29,5 +29,5 @@ def test_the_enumeration_covers_every_supported_op() -> None:
     # QuantizeLinear/DequantizeLinear pairs): tests/test_compare.py checks it against onnxruntime.
     missing = set(HANDLERS) - covered - {"FakeQuant"}
     assert not missing, missing
-    assert {c.opset for c in CASES} == set(range(13, 20))
+    assert set(range(13, 20)) <= {c.opset for c in CASES}
     assert len(CASES) >= 300

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from quantcert.cli_glue import PERTURB_HELP, SELF_CHECK_HELP, attach_onnx_witness
+from quantcert.cli_precision import register as register_precision
 from quantcert.errors import InputError
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Certified robustness of neural networks to lower precision.",
 )
+register_precision(app)
 
 ModelArg = Annotated[
     str,
@@ -504,6 +506,11 @@ def sigma(
     domain: Annotated[str, typer.Option("--domain", help="A box: LO:HI,... | .vnnlib | .csv")],
     delta: DeltaOpt = None,
     relative: RelOpt = None,
+    weights: WeightsOpt = None,
+    biases: BiasesOpt = None,
+    activations: ActivationsOpt = None,
+    input_format: InputFmtOpt = None,
+    calibration: CalibrationOpt = None,
     level: LevelOpt = None,
     gap: GapOpt = 1e-4,
     timeout: TimeoutOpt = 60.0,
@@ -557,6 +564,21 @@ def kappa(
         ),
     ] = None,
     json: JsonOpt = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="Results folder: each finished chunk of images is recorded there, and a "
+            "rerun with the same model, images and options skips the chunks already done "
+            "(deepfool, random, certified)",
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler", help="Run the chunks on the dask.distributed scheduler tcp://HOST:PORT"
+        ),
+    ] = None,
 ) -> None:
     """How much MODEL amplifies input errors (kappa, seed 003) and the input bits it needs."""
     from quantcert.analyses.kappa_cli import kappa_command
@@ -564,7 +586,7 @@ def kappa(
     check_output(json)
     if limit is not None and limit < 1:
         raise InputError(f"--limit must be >= 1, got {limit}")
-    kappa_command(model, data, method, limit, json, per_layer, radius)
+    kappa_command(model, data, method, limit, json, per_layer, radius, store, scheduler)
 
 
 @app.command()

@@ -28,9 +28,12 @@ from torch import Tensor
 from quantcert.errors import InputError
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops.activations import Elementwise, LeakyReLU
+from quantcert.ops.affine import Affine
 from quantcert.ops.base import DTYPE, REL_MARGIN, Box
 
-Method = Literal["ibp", "crown", "alpha"]  # alpha: CROWN with optimised ReLU slopes
+Method = Literal["ibp", "crown", "alpha", "crown-ibp"]
+"""alpha: CROWN with optimised ReLU slopes; crown-ibp: interval bounds on every intermediate
+node and CROWN only on the queried one (the field's cheap middle ground, Zhang et al. 2020)."""
 Radii = Mapping[str, Mapping[str, Tensor]]
 _NO_RADIUS: dict[str, Tensor] = {}
 
@@ -137,12 +140,18 @@ def backward_upper(
     s, b = A0.shape[:2]
     const = torch.zeros((s, b), dtype=DTYPE)
     magnitude = torch.zeros((s, b), dtype=DTYPE)
+    points = _point_nodes(net, bounds, radii, target)
     for node in ancestors_reversed(net, target):
         a = coeffs.pop(node.name, None)
         if a is None:
             continue
         ins = [bounds[src] for src in node.inputs]
-        res = node.op.backward(a, ins, radii.get(node.name, _NO_RADIUS))
+        own = radii.get(node.name, _NO_RADIUS)
+        if all(src in points for src in node.inputs) and (not own or isinstance(node.op, Affine)):
+            c, m = _concretise(a, bounds[node.name])
+            const, magnitude = const + c, magnitude + m
+            continue
+        res = node.op.backward(a, ins, own)
         if res is None:  # no linear transfer: concretise over this node's own bounds
             c, m = _concretise(a, bounds[node.name])
             const, magnitude = const + c, magnitude + m
@@ -155,6 +164,24 @@ def backward_upper(
         c, m = _concretise(coeffs[INPUT], bounds[INPUT])
         const, magnitude = const + c, magnitude + m
     return const + REL_MARGIN * magnitude
+
+
+def _point_nodes(net: Network, bounds: Mapping[str, Box], radii: Radii, target: str) -> set[str]:
+    """The nodes that hold one point per batch element: the input when its box is a point,
+    and every node without parameter radii that reads only such nodes.
+
+    A node that reads only points and either has no radius or is an ``Affine`` layer has its
+    reachable set exactly as its bounds (up to their outward margin): ``W x + b`` with
+    ``|dW| <= D`` at a point ``x`` is the box ``W x + b +- (D |x| + db)``, each output reading
+    its own weights. ``backward_upper`` concretises there, which loses nothing and skips the
+    backward pass to the input, the cost of local queries."""
+    if not bool(torch.equal(bounds[INPUT].lo, bounds[INPUT].hi)):
+        return set()
+    points = {INPUT}
+    for node in ancestors_reversed(net, target)[::-1]:
+        if not radii.get(node.name) and all(src in points for src in node.inputs):
+            points.add(node.name)
+    return points
 
 
 def ancestors_reversed(net: Network, target: str) -> list[Node]:
@@ -261,7 +288,7 @@ def bound_nodes(
     for node in net.nodes:
         ins = [bounds[src] for src in node.inputs]
         bounds[node.name] = node.op.interval(ins, radii.get(node.name, _NO_RADIUS))
-        if method != "ibp":
+        if method not in ("ibp", "crown-ibp"):
             rows = _rows_to_tighten(node, [by_name[u] for u in users[node.name]], bounds[node.name])
             if rows is not None:
                 bounds[node.name] = tighten(net, bounds, radii, node.name, rows, method)

@@ -30,8 +30,9 @@ saturation is charged for every value the perturbed network can take.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ from quantcert.formats.floating import FloatFormat, elem_radius
 from quantcert.formats.integer import IntFormat
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops import Affine, Conv, QuantNoise, Reshape
-from quantcert.ops.base import DTYPE, Box
+from quantcert.ops.base import DTYPE, Box, Op
+from quantcert.ops.quantizer import FakeQuant
 
 #: float32 rounding of the cast of ``z``, the quotient ``z / s`` and the dequantization,
 #: relative to ``|z|``, with room for the float64 arithmetic of the radius itself.
@@ -105,13 +107,19 @@ def sites(net: Network, activations: Format | None, input_fmt: Format | None) ->
     return out
 
 
-def _insert(net: Network, chosen: list[Site]) -> Network:
-    """``net`` with a ``QuantNoise`` node after each site's source; its readers read it."""
+def _insert(net: Network, chosen: list[Site], ops: Mapping[str, Op] | None = None) -> Network:
+    """``net`` with a node after each site's source (``ops[qnode]``, by default a
+    ``QuantNoise``); the source's readers read it."""
     shapes = net.shapes()
     rename = {s.source: s.qnode for s in chosen}
+    ops = ops or {}
+
+    def op_for(source: str) -> Op:
+        return ops.get(rename[source]) or QuantNoise(shapes[source])
+
     nodes: list[Node] = []
     if INPUT in rename:
-        nodes.append(Node(rename[INPUT], QuantNoise(shapes[INPUT]), (INPUT,)))
+        nodes.append(Node(rename[INPUT], op_for(INPUT), (INPUT,)))
     for node in net.nodes:
         layer = isinstance(node.op, Affine | Conv)
         inputs = tuple(
@@ -119,7 +127,7 @@ def _insert(net: Network, chosen: list[Site]) -> Network:
         )
         nodes.append(Node(node.name, node.op, inputs))
         if node.name in rename:
-            nodes.append(Node(rename[node.name], QuantNoise(shapes[node.name]), (node.name,)))
+            nodes.append(Node(rename[node.name], op_for(node.name), (node.name,)))
     if net.head is not None and nodes[-1].name != net.output_node:
         raise InputError("cannot quantize the input of the network's head")
     return Network(nodes, net.input_shape, net.head, net.name, net.sources, net.fixed, net.origin)
@@ -132,13 +140,18 @@ def _calibrated_range(net: Network, data: np.ndarray, source: str) -> tuple[floa
     return float(values.min()), float(values.max())
 
 
-def _int_radii(fmt: IntFormat, rng: tuple[float, float], box: Box) -> tuple[Tensor, Tensor]:
+def _int_grid(fmt: IntFormat, rng: tuple[float, float]) -> tuple[float, float, int, int]:
+    """The float32 scale, the zero point and the clip range onnxruntime uses for ``rng``."""
     if fmt.granularity != "tensor":
         raise InputError(f"activations: {fmt.describe()}: only per-tensor integer formats")
     rows = np.array([[rng[0], rng[1]]], dtype=np.float32)
     scale32, zp = fmt.scale_zero_point(rows)
-    s, z = float(scale32[0]), float(zp[0])
     qmin, qmax = fmt.clip_range()
+    return float(scale32[0]), float(zp[0]), qmin, qmax
+
+
+def _int_radii(fmt: IntFormat, rng: tuple[float, float], box: Box) -> tuple[Tensor, Tensor]:
+    s, z, qmin, qmax = _int_grid(fmt, rng)
     rep_lo, rep_hi = (qmin - z) * s, (qmax - z) * s  # exact: |q - zp| < 2^17, s has 24 bits
     step = (1.0 if fmt.rounding == "any" else 0.5) * s
     excess = torch.maximum(box.hi - rep_hi, rep_lo - box.lo).clamp(min=0)
@@ -220,6 +233,163 @@ def calibration_scales(
     return out
 
 
+#: Batch elements per bound pass when the node bounds deciding saturation are computed.
+_CHUNK = 256
+
+
+def _source_box(qnet: Network, box: Box, radii: Mapping[str, Tensor], site: Site) -> Box:
+    """The hull over the query's batch of the site's source node bounds (CROWN, in chunks),
+    without the batch dimension."""
+    from quantcert.engines.bounds import bound_nodes
+
+    per_node: dict[str, dict[str, Tensor]] = {}
+    for name, r in radii.items():
+        node, _, param = name.partition(".")
+        per_node.setdefault(node, {})[param] = r
+    lo: Tensor | None = None
+    hi: Tensor | None = None
+    for start in range(0, box.lo.shape[0], _CHUNK):
+        part = Box(box.lo[start : start + _CHUNK], box.hi[start : start + _CHUNK])
+        with torch.no_grad():
+            b = bound_nodes(qnet, part, per_node, "crown", upto=site.qnode)[site.source]
+        lo = b.lo.amin(0) if lo is None else torch.minimum(lo, b.lo.amin(0))
+        hi = b.hi.amax(0) if hi is None else torch.maximum(hi, b.hi.amax(0))
+    assert lo is not None and hi is not None
+    return Box(lo, hi)
+
+
+Quantizer = Callable[[Tensor], Tensor]
+
+
+def _quantizer(fmt: Format, rng: tuple[float, float] | None, src_box: Box) -> Quantizer:
+    """The real quantizer of one site, as the radii assume it: onnxruntime's float32
+    QuantizeLinear/DequantizeLinear with the site's scale for integers, the format's cast of
+    float32 values for floating formats, exact rounding for fixed point."""
+    if isinstance(fmt, IntFormat):
+        if rng is None:
+            rng = (float(src_box.lo.min()), float(src_box.hi.max()))
+        s, z, qmin, qmax = _int_grid(fmt, rng)
+        fake = FakeQuant(torch.tensor(s, dtype=DTYPE), torch.tensor(z, dtype=DTYPE), qmin, qmax)
+        return fake.quantize
+    if isinstance(fmt, FloatFormat):
+        return lambda t: torch.as_tensor(fmt.quantize(t.detach().cpu().numpy()), dtype=DTYPE)
+    return lambda t: torch.as_tensor(fmt.quantize(t.detach().cpu().numpy()), dtype=DTYPE)
+
+
+def _valid(fmt: Format, rng: tuple[float, float] | None) -> tuple[float, float]:
+    """The values of a site's source where its radius without saturation holds: within half
+    a step (a step for ``rounding="any"``) of the representable range for integers, the
+    finite range for floating formats, inside the range for fixed point."""
+    if isinstance(fmt, IntFormat):
+        assert rng is not None
+        s, z, qmin, qmax = _int_grid(fmt, rng)
+        step = (1.0 if fmt.rounding == "any" else 0.5) * s
+        return (qmin - z) * s - step, (qmax - z) * s + step
+    if isinstance(fmt, FloatFormat):
+        return -float(fmt.spec.max), float(fmt.spec.max)
+    if isinstance(fmt, FixedFormat):
+        lo, hi = fmt.bounds()
+        half = 2.0 ** -(fmt.frac_bits + (0 if fmt.rounding == "any" else 1))
+        return float(np.nextafter(lo - half, np.inf)), float(np.nextafter(hi + half, -np.inf))
+    raise InputError(f"{fmt.describe()}: no activation format")
+
+
+def _staircases(chosen: list[Site], ranges: Mapping[str, tuple[float, float]]) -> dict[str, Op]:
+    """The exact quantizer op of every calibrated integer site that rounds to nearest:
+    ``FakeQuant`` at the site's scale (onnxruntime's float32 QuantizeLinear/DequantizeLinear),
+    whose staircase the engine bounds directly instead of a noise box."""
+    out: dict[str, Op] = {}
+    for site in chosen:
+        fmt, rng = site.fmt, ranges.get(site.qnode)
+        if isinstance(fmt, IntFormat) and fmt.rounding == "nearest" and rng is not None:
+            s, z, qmin, qmax = _int_grid(fmt, rng)
+            out[site.qnode] = FakeQuant(
+                torch.tensor(s, dtype=DTYPE), torch.tensor(z, dtype=DTYPE), qmin, qmax
+            )
+    return out
+
+
+@dataclass(frozen=True)
+class ActivationPlan:
+    """The network with a ``QuantNoise`` node per quantized tensor (``net``), their radii
+    (``"<qnode>.rel"``, ``"<qnode>.abs"``), the real quantizer of each noise node (float64
+    tensors of any shape), and the calibrated ``(min, max)`` of each (empty without data).
+
+    ``valid``: with ``saturation="check"``, per noise node ``(source, lo, hi)``: the radii
+    hold (no saturation charged) only where the source node lies in ``[lo, hi]``; a query is
+    sound at a point whose node bounds stay there (``within``)."""
+
+    net: Network
+    noise: dict[str, Tensor]
+    quantizers: dict[str, Quantizer]
+    ranges: dict[str, tuple[float, float]]
+    valid: dict[str, tuple[str, float, float]]
+    #: Noise-free sites: the exact ``FakeQuant`` staircase stands in the network there.
+    staircases: tuple[str, ...] = ()
+
+    def within(self, bounds: Mapping[str, Box]) -> Tensor:
+        """(B,) bool: every site's source bounds lie where its radius holds."""
+        ok: Tensor | None = None
+        for source, lo, hi in self.valid.values():
+            b = bounds[source]
+            inside = ((b.lo >= lo) & (b.hi <= hi)).flatten(1).all(1)
+            ok = inside if ok is None else ok & inside
+        if ok is None:
+            return torch.ones(next(iter(bounds.values())).lo.shape[0], dtype=torch.bool)
+        return ok
+
+
+def plan_activations(
+    net: Network,
+    activations: Format | None,
+    input: Format | None,
+    box: Box,
+    calibration: np.ndarray | None = None,
+    radius: Mapping[str, Tensor] | None = None,
+    saturation: Literal["charge", "check"] = "charge",
+    staircase: bool = False,
+) -> ActivationPlan:
+    """Noise nodes, radii and quantizers of ``--activations`` and ``--input``. ``box`` is the
+    query's batch of boxes (B, *input_shape). ``saturation="charge"``: saturation is charged
+    for every value the perturbed network takes on any of them (node bounds including
+    ``radius``, the parameter radii already chosen). ``"check"`` (needs calibration data for
+    integer formats): no bounds are computed; the radii leave saturation out and ``valid``
+    states where they hold, for the caller to check per point."""
+    chosen = sites(net, activations, input)
+    if not chosen:
+        return ActivationPlan(net, {}, {}, {}, {})
+    ranges = calibration_scales(net, chosen, calibration)
+    stairs = _staircases(chosen, ranges) if staircase else {}
+    qnet = _insert(net, chosen, stairs)
+    shapes = qnet.shapes()
+    all_radii: dict[str, Tensor] = dict(radius or {})
+    noise: dict[str, Tensor] = {}
+    quantizers: dict[str, Quantizer] = {}
+    valid: dict[str, tuple[str, float, float]] = {}
+    for site in chosen:
+        rng = ranges.get(site.qnode)
+        if site.qnode in stairs:
+            continue
+        if saturation == "check":
+            if rng is None and isinstance(site.fmt, IntFormat):
+                raise InputError("integer activation formats need calibration data here")
+            zero = torch.zeros(shapes[site.qnode], dtype=DTYPE)
+            lo_v, hi_v = rng if rng is not None else (0.0, 0.0)
+            src_box = Box(zero + lo_v, zero + hi_v)
+            valid[site.qnode] = (site.source, *_valid(site.fmt, rng))
+        else:
+            src_box = _source_box(qnet, box, all_radii, site)
+        if not bool(torch.isfinite(src_box.lo).all() and torch.isfinite(src_box.hi).all()):
+            raise InputError(f"{site.source}: bounds are not finite; no activation format")
+        where = "the input" if site.source == INPUT else f"activation {site.source}"
+        rel, f = _radii(site.fmt, src_box, rng, where)
+        noise[f"{site.qnode}.rel"] = rel.to(DTYPE)
+        noise[f"{site.qnode}.abs"] = f.to(DTYPE)
+        quantizers[site.qnode] = _quantizer(site.fmt, rng, src_box)
+        all_radii.update(noise)
+    return ActivationPlan(qnet, noise, quantizers, ranges, valid, tuple(stairs))
+
+
 def quantize_activations(
     net: Network,
     activations: Format | None,
@@ -228,36 +398,9 @@ def quantize_activations(
     calibration: np.ndarray | None = None,
     radius: Mapping[str, Tensor] | None = None,
 ) -> tuple[Network, dict[str, Tensor]]:
-    """The network with quantization noise nodes, and their radii (``"<qnode>.rel"``,
-    ``"<qnode>.abs"``). ``radius`` holds the parameter radii already chosen (weights,
-    biases): the node bounds that decide saturation include them."""
-    from quantcert.engines.bounds import bound_nodes
-
-    chosen = sites(net, activations, input)
-    if not chosen:
-        return net, {}
-    ranges = calibration_scales(net, chosen, calibration)
-    qnet = _insert(net, chosen)
-    all_radii: dict[str, Tensor] = dict(radius or {})
-    noise: dict[str, Tensor] = {}
-    for site in chosen:
-        per_node: dict[str, dict[str, Tensor]] = {}
-        for name, r in all_radii.items():
-            node, _, param = name.partition(".")
-            per_node.setdefault(node, {})[param] = r
-        with torch.no_grad():
-            bounds = bound_nodes(qnet, box, per_node, "crown", upto=site.qnode)
-        src_box = bounds[site.source]
-        # One box over the query's batch (its hull), without the batch dimension.
-        src_box = Box(src_box.lo.amin(0), src_box.hi.amax(0))
-        if not bool(torch.isfinite(src_box.lo).all() and torch.isfinite(src_box.hi).all()):
-            raise InputError(f"{site.source}: bounds are not finite; no activation format")
-        where = "the input" if site.source == INPUT else f"activation {site.source}"
-        rel, f = _radii(site.fmt, src_box, ranges.get(site.qnode), where)
-        noise[f"{site.qnode}.rel"] = rel.to(DTYPE)
-        noise[f"{site.qnode}.abs"] = f.to(DTYPE)
-        all_radii.update(noise)
-    return qnet, noise
+    """The network with quantization noise nodes, and their radii (``plan_activations``)."""
+    plan = plan_activations(net, activations, input, box, calibration, radius)
+    return plan.net, plan.noise
 
 
 def describe_sites(net: Network, activations: Format | None, input: Format | None) -> list[str]:

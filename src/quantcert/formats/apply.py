@@ -73,12 +73,12 @@ def _radius(net: Network, name: str, value: torch.Tensor, fmt: Format) -> torch.
     )
 
 
-def format_perturbation(
+def _formats(
     net: Network,
-    weights: Mapping[str, Format] | None = None,
-    biases: Mapping[str, Format] | None = None,
-) -> Perturbation:
-    """Radii of the weights and biases that the maps name (``"*"``: every other layer)."""
+    weights: Mapping[str, Format] | None,
+    biases: Mapping[str, Format] | None,
+) -> dict[str, Format]:
+    """The format of each IR parameter that the maps name (``"*"``: every other layer)."""
     weights, biases = weights or {}, biases or {}
     layers = {n.name for n in net.nodes if isinstance(n.op, Affine | Conv)}
     known = layers | {s.initializer for s in net.sources.values()} | {"*"}
@@ -87,19 +87,58 @@ def format_perturbation(
             raise InputError(
                 f"format given for {key!r}, which is no layer or initializer; have {sorted(layers)}"
             )
-    radius: dict[str, torch.Tensor] = {}
+    out: dict[str, Format] = {}
     for node in net.nodes:
         if not isinstance(node.op, Affine | Conv):
             continue
         for pname, layer_map in (("weight", weights), ("bias", biases)):
             name = f"{node.name}.{pname}"
-            value = node.op.params.get(pname)
             src = net.sources.get(name)
             fmt = _pick(layer_map, node.name, None if src is None else src.initializer)
-            if value is None or fmt is None:
-                continue
-            radius[name] = _radius(net, name, value, _for_layer(fmt, pname == "weight"))
+            if node.op.params.get(pname) is not None and fmt is not None:
+                out[name] = _for_layer(fmt, pname == "weight")
+    return out
+
+
+def quantized_parameters(
+    net: Network,
+    weights: Mapping[str, Format] | None = None,
+    biases: Mapping[str, Format] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The IR value of every parameter the maps name after real quantization: the file's
+    tensor rounded by its format (``Format.quantize``), laid out and scaled as the IR holds
+    it (``ir = factor * view(file)``). Each lies within ``format_perturbation``'s radius."""
+    params = net.param_tensors()
+    out: dict[str, torch.Tensor] = {}
+    for name, fmt in _formats(net, weights, biases).items():
+        value = params[name]
+        laid, factor = _stored(net, name, value)
+        try:
+            q = np.asarray(fmt.quantize(laid), dtype=np.float64)
+        except InputError as exc:
+            raise InputError(f"{name}: {exc}") from None
+        src = net.sources.get(name)
+        if src is None or laid.shape == tuple(value.shape):
+            out[name] = torch.as_tensor(q, dtype=DTYPE).reshape(value.shape) * factor
+            continue
+        file_q = torch.as_tensor(np.ascontiguousarray(q.T if src.transpose else q), dtype=DTYPE)
+        out[name] = src.view(file_q, tuple(value.shape)).to(DTYPE) * factor
+    return out
+
+
+def format_perturbation(
+    net: Network,
+    weights: Mapping[str, Format] | None = None,
+    biases: Mapping[str, Format] | None = None,
+) -> Perturbation:
+    """Radii of the weights and biases that the maps name (``"*"``: every other layer)."""
+    params = net.param_tensors()
+    radius = {
+        name: _radius(net, name, params[name], fmt)
+        for name, fmt in _formats(net, weights, biases).items()
+    }
     pert = explicit(net, radius)
+    weights, biases = weights or {}, biases or {}
     description = {
         **pert.description,
         "kind": "formats",

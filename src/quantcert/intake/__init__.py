@@ -15,13 +15,15 @@ def load(
     source: str | Path,
     perturb: Literal["file", "folded"] = "file",
     self_check: bool = True,
+    output: str | None = None,
 ) -> Network:
     """Load a model: a path (``.onnx``, ``.pt``/``.pth``, ``.joblib``/``.pkl``) or a built-in
     case-study name (``cat``, ``ath-relu``, ``ath-linear``).
 
     ONNX only: ``perturb`` says whether radii are stated on the file's initializers
     (``file``, BatchNormalization kept) or on the folded network (``folded``);
-    ``self_check`` compares the loaded network with onnxruntime."""
+    ``self_check`` compares the loaded network with onnxruntime; ``output`` names the graph
+    output to load when the graph has several (without it such a graph is refused)."""
     text = str(source)
     if text in BUILTIN_CASES:
         from quantcert.cases.builtin import load_case
@@ -37,7 +39,7 @@ def load(
     if suffix == ".onnx":
         from quantcert.intake.onnx_model import from_onnx
 
-        return from_onnx(path, perturb, self_check)
+        return from_onnx(path, perturb, self_check, output)
     if suffix in (".pt", ".pth"):
         from quantcert.intake.torch_module import load_torch
 

@@ -5,6 +5,9 @@ table, or a value outside the accepted set, is refused with one line naming the 
 the node, the attribute and its value. ``ANY`` means every value is honoured (the handler
 reads it); a tuple lists the accepted values. Semantic checks that depend on shapes (a
 kernel shape that matches the weight, pads that are symmetric) stay in the handlers.
+Nodes computed on constants at load (``onnx_fold``) are evaluated by the ONNX reference
+implementation, which honours every attribute they carry; the tables cover the operators
+the IR computes.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from quantcert.errors import InputError
 
 ANY: Final = None
 _SPATIAL = {"kernel_shape": ANY, "pads": ANY, "strides": ANY}
+_AUTO_PAD = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
 #: op type -> attribute name -> accepted values (``ANY``: the handler reads any value).
 ATTRIBUTES: dict[str, dict[str, tuple[Any, ...] | None]] = {
@@ -35,23 +39,40 @@ ATTRIBUTES: dict[str, dict[str, tuple[Any, ...] | None]] = {
     # momentum only matters in training; inference ignores it by definition.
     "BatchNormalization": {"epsilon": ANY, "momentum": ANY, "training_mode": (0,), "spatial": (1,)},
     "Flatten": {"axis": ANY},
-    "Reshape": {"allowzero": (0,)},
+    # allowzero=1 differs from 0 only for a 0 in the target shape: the handler refuses one.
+    "Reshape": {"allowzero": (0, 1)},
     "Pad": {"mode": ("constant",), "pads": ANY, "value": ANY},
     # storage_order only affects the Indices output, which the handler refuses to provide.
     "MaxPool": {
         **_SPATIAL,
-        "auto_pad": ("NOTSET", "VALID"),
-        "ceil_mode": (0,),
+        "auto_pad": _AUTO_PAD,
+        "ceil_mode": (0, 1),
         "dilations": ANY,
         "storage_order": (0, 1),
     },
     "AveragePool": {
         **_SPATIAL,
-        "auto_pad": ("NOTSET", "VALID"),
-        "ceil_mode": (0,),
+        "auto_pad": _AUTO_PAD,
+        "ceil_mode": (0, 1),
         "count_include_pad": (0, 1),
         "dilations": ANY,
     },
+    "GlobalAveragePool": {},
+    "GlobalMaxPool": {},
+    "Clip": {"min": ANY, "max": ANY},
+    "Max": {},
+    "Min": {},
+    "Sum": {},
+    "Squeeze": {"axes": ANY},
+    "Unsqueeze": {"axes": ANY},
+    "Transpose": {"perm": ANY},
+    "Concat": {"axis": ANY},
+    "Slice": {"starts": ANY, "ends": ANY, "axes": ANY},
+    "Split": {"axis": ANY, "split": ANY, "num_outputs": ANY},
+    "ReduceMean": {"axes": ANY, "keepdims": (0, 1), "noop_with_empty_axes": (0, 1)},
+    "ReduceSum": {"axes": ANY, "keepdims": (0, 1), "noop_with_empty_axes": (0, 1)},
+    # saturate only applies to float8 targets, which the handler refuses.
+    "Cast": {"to": ANY, "saturate": ANY},
     "Relu": {},
     "Sigmoid": {},
     "Tanh": {},

@@ -112,6 +112,12 @@ class Builder:
         self.names: set[str] = set()
         self.sources: dict[str, ParamSource] = {}
         self.fixed: set[str] = set()
+        #: Constants that copy another (``Identity``): the tensor they copy, as stored.
+        self.origin: dict[str, str] = {}
+
+    def stored(self, const: str) -> str:
+        """The name under which the file stores constant ``const`` (through Identities)."""
+        return self.origin.get(const, const)
 
     # ---------------------------------------------------------------- nodes
     def add(
@@ -197,3 +203,25 @@ class Builder:
         channels = full[axis]
         rest = [d for i, d in enumerate(padded) if i != axis]
         return padded[axis] == channels and all(d == 1 for d in rest)
+
+
+def refuse(n: onnx.NodeProto, why: str) -> InputError:
+    """The refusal of node ``n``: one line naming its operator and name."""
+    return InputError(f"ONNX {n.op_type} node {n.name!r}: {why}")
+
+
+def one_activation(b: Builder, n: onnx.NodeProto) -> tuple[str, list[np.ndarray]]:
+    """The node's one activation input (IR name) and its constant inputs."""
+    tensors, consts = b.split(n)
+    if len(tensors) != 1:
+        raise refuse(n, f"expected one activation input, found {len(tensors)}")
+    return tensors[0], consts
+
+
+def ints_input(b: Builder, n: onnx.NodeProto, index: int) -> list[int] | None:
+    """Optional input ``index`` as a list of ints (a constant), or ``None`` when absent."""
+    if len(n.input) <= index or not n.input[index]:
+        return None
+    if n.input[index] not in b.consts:
+        raise refuse(n, f"input {index} ({n.input[index]!r}) must be a constant")
+    return [int(v) for v in np.asarray(b.consts[n.input[index]]).ravel()]

@@ -8,28 +8,29 @@ layout, so radii stated on the file's initializers reach the IR exactly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 
-from quantcert.errors import InputError
 from quantcert.intake.onnx_attributes import attributes
-from quantcert.intake.onnx_builder import Builder, as_tensor
+from quantcert.intake.onnx_builder import Builder, as_tensor, one_activation, refuse
+from quantcert.intake.onnx_pool_layers import _pool
+from quantcert.intake.onnx_shape_layers import SHAPE_HANDLERS
 from quantcert.network import ParamSource
 from quantcert.ops import (
     DTYPE,
     Affine,
-    AvgPool,
     BatchNorm,
+    Clip,
     Conv,
     LeakyReLU,
-    MaxPool,
     Pad,
     ReLU,
-    Reshape,
     Scale,
     Sigmoid,
     Softmax,
@@ -38,13 +39,10 @@ from quantcert.ops import (
 )
 
 
-def _refuse(n: onnx.NodeProto, why: str) -> InputError:
-    return InputError(f"ONNX {n.op_type} node {n.name!r}: {why}")
-
-
 def _source(
     name: str, arr: np.ndarray, factor: float = 1.0, transpose: bool = False
 ) -> ParamSource:
+    """Where an IR parameter lives: ``name`` is the file's tensor (``Builder.stored``)."""
     return ParamSource(name, tuple(int(d) for d in arr.shape), float(factor), transpose)
 
 
@@ -52,46 +50,39 @@ def _pair(n: onnx.NodeProto, values: list[int] | None, default: int) -> tuple[in
     if not values:
         return (default, default)
     if len(values) != 2:
-        raise _refuse(n, f"only 2-D pooling/convolution is supported, got {list(values)}")
+        raise refuse(n, f"only 2-D pooling/convolution is supported, got {list(values)}")
     return (int(values[0]), int(values[1]))
 
 
-def _one_activation(b: Builder, n: onnx.NodeProto) -> tuple[str, list[np.ndarray]]:
-    tensors, consts = b.split(n)
-    if len(tensors) != 1:
-        raise _refuse(n, f"expected one activation input, found {len(tensors)}")
-    return tensors[0], consts
-
-
 def _gemm(b: Builder, n: onnx.NodeProto) -> None:
-    src, _ = _one_activation(b, n)
+    src, _ = one_activation(b, n)
     a = attributes(n)
     if n.input[0] in b.consts or n.input[1] not in b.consts:
-        raise _refuse(n, "only an activation times a constant matrix is supported")
+        raise refuse(n, "only an activation times a constant matrix is supported")
     if len(b.shape[src]) != 1 or not b.batched:
-        raise _refuse(n, f"input of shape {list(b.full(src))} is not (1, K)")
+        raise refuse(n, f"input of shape {list(b.full(src))} is not (1, K)")
     mat = b.consts[n.input[1]]
     trans_b = bool(a.get("transB", 0))
     alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
     weight = as_tensor(mat if trans_b else mat.T) * alpha
-    sources = {"weight": _source(n.input[1], mat, alpha, transpose=not trans_b)}
+    sources = {"weight": _source(b.stored(n.input[1]), mat, alpha, transpose=not trans_b)}
     bias = None
     if len(n.input) > 2 and n.input[2]:
         if n.input[2] not in b.consts:
-            raise _refuse(n, "the C input must be a constant")
+            raise refuse(n, "the C input must be a constant")
         c = b.consts[n.input[2]]
         out_shape = (1, weight.shape[0])
         if np.broadcast_shapes(c.shape, out_shape) != out_shape:
-            raise _refuse(n, f"C of shape {list(c.shape)} does not broadcast to {list(out_shape)}")
+            raise refuse(n, f"C of shape {list(c.shape)} does not broadcast to {list(out_shape)}")
         bias = (as_tensor(np.broadcast_to(c, out_shape)[0]) * beta).contiguous()
-        sources["bias"] = _source(n.input[2], c, beta)
+        sources["bias"] = _source(b.stored(n.input[2]), c, beta)
     b.add(n, Affine(weight.contiguous(), bias), [src], sources)
 
 
 def _matmul(b: Builder, n: onnx.NodeProto) -> None:
-    src, consts = _one_activation(b, n)
+    src, consts = one_activation(b, n)
     if len(consts) != 1 or consts[0].ndim != 2 or len(b.shape[src]) != 1:
-        raise _refuse(n, "only a vector times a constant matrix is supported")
+        raise refuse(n, "only a vector times a constant matrix is supported")
     name = n.input[0] if n.input[0] in b.consts else n.input[1]
     matrix = consts[0]
     if name == n.input[1]:  # x @ M: weight M^T
@@ -99,12 +90,12 @@ def _matmul(b: Builder, n: onnx.NodeProto) -> None:
             n,
             Affine(as_tensor(matrix.T).contiguous()),
             [src],
-            {"weight": _source(name, matrix, 1.0, True)},
+            {"weight": _source(b.stored(name), matrix, 1.0, True)},
         )
         return
     if b.batched:  # M @ x needs x as a column: one unbatched sample only
-        raise _refuse(n, "a constant matrix times a batched activation is not supported")
-    b.add(n, Affine(as_tensor(matrix)), [src], {"weight": _source(name, matrix)})
+        raise refuse(n, "a constant matrix times a batched activation is not supported")
+    b.add(n, Affine(as_tensor(matrix)), [src], {"weight": _source(b.stored(name), matrix)})
 
 
 def _same_pads(
@@ -126,24 +117,24 @@ def _same_pads(
 
 
 def _conv(b: Builder, n: onnx.NodeProto) -> None:
-    src, _ = _one_activation(b, n)
+    src, _ = one_activation(b, n)
     a = attributes(n)
     if n.input[1] not in b.consts or b.consts[n.input[1]].ndim != 4:
-        raise _refuse(n, "only 2-D convolution with a constant weight is supported")
+        raise refuse(n, "only 2-D convolution with a constant weight is supported")
     if len(b.shape[src]) != 3 or not b.batched:
-        raise _refuse(n, f"input of shape {list(b.full(src))} is not (1, C, H, W)")
+        raise refuse(n, f"input of shape {list(b.full(src))} is not (1, C, H, W)")
     w = b.consts[n.input[1]]
     kernel = (int(w.shape[2]), int(w.shape[3]))
     if "kernel_shape" in a and tuple(a["kernel_shape"]) != kernel:
-        raise _refuse(n, f"kernel_shape {a['kernel_shape']} differs from the weight's {kernel}")
+        raise refuse(n, f"kernel_shape {a['kernel_shape']} differs from the weight's {kernel}")
     stride, dilation = _pair(n, a.get("strides"), 1), _pair(n, a.get("dilations"), 1)
     mode = a.get("auto_pad", "NOTSET")
     pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])] if mode == "NOTSET" else [0, 0, 0, 0]
     if mode.startswith("SAME"):
         pads = _same_pads(n, b.shape[src][1:], kernel, stride, dilation, mode)  # type: ignore[arg-type]
     if len(pads) != 4 or min(pads) < 0:
-        raise _refuse(n, f"pads {pads} are not 4 non-negative values")
-    sources = {"weight": _source(n.input[1], w)}
+        raise refuse(n, f"pads {pads} are not 4 non-negative values")
+    sources = {"weight": _source(b.stored(n.input[1]), w)}
     if pads[0] != pads[2] or pads[1] != pads[3]:
         pad_node = onnx.helper.make_node("Pad", [], [n.output[0] + "_padded"], name=n.name + "_pad")
         src = b.add(pad_node, Pad((pads[1], pads[3], pads[0], pads[2])), [src])
@@ -151,40 +142,20 @@ def _conv(b: Builder, n: onnx.NodeProto) -> None:
     bias = None
     if len(n.input) > 2 and n.input[2]:
         if n.input[2] not in b.consts:
-            raise _refuse(n, "the bias must be a constant")
+            raise refuse(n, "the bias must be a constant")
         bias = as_tensor(b.consts[n.input[2]]).reshape(-1)
-        sources["bias"] = _source(n.input[2], b.consts[n.input[2]])
+        sources["bias"] = _source(b.stored(n.input[2]), b.consts[n.input[2]])
     op = Conv(as_tensor(w), bias, stride, (pads[0], pads[1]), dilation, int(a.get("group", 1)))
     b.add(n, op, [src], sources)
 
 
-def _fold_constants(b: Builder, n: onnx.NodeProto) -> bool:
-    """Arithmetic on constants only (shape and scale arithmetic): computed here."""
-    if not n.input or not all(i in b.consts for i in n.input if i):
-        return False
-    x = [np.asarray(b.consts[i]) for i in n.input if i]
-    ops: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-        "Add": np.add,
-        "Sub": np.subtract,
-        "Mul": np.multiply,
-        "Div": np.divide,
-    }
-    if n.op_type == "Div" and x[0].dtype.kind in "iu":
-        b.consts[n.output[0]] = np.asarray(np.trunc(x[0] / x[1]).astype(x[0].dtype))
-    else:
-        b.consts[n.output[0]] = np.asarray(ops[n.op_type](x[0], x[1]))
-    return True
-
-
 def _add_or_sub(b: Builder, n: onnx.NodeProto) -> None:
     attributes(n)
-    if _fold_constants(b, n):
-        return
     tensors, consts = b.split(n)
     sign = -1.0 if n.op_type == "Sub" else 1.0
     if len(tensors) == 2:
         if b.shape[tensors[0]] != b.shape[tensors[1]]:
-            raise _refuse(n, "broadcasting between two activations is not supported")
+            raise refuse(n, "broadcasting between two activations is not supported")
         b.add(n, Sum((1.0, sign)), tensors)
         return
     const_first = n.input[0] in b.consts
@@ -192,47 +163,45 @@ def _add_or_sub(b: Builder, n: onnx.NodeProto) -> None:
     const, src = consts[0], tensors[0]
     spread = b.broadcast(const, src, n)
     if const_first and sign < 0:  # c - x
-        b.fixed.add(name)
+        b.fixed.add(b.stored(name))
         b.add(n, Scale(torch.tensor(-1.0, dtype=DTYPE), spread), tensors)
         return
     prev = b.producer(src, act)
     if isinstance(prev, Affine | Conv) and "bias" not in prev.params and b.per_output(const, src):
         # MatMul + Add, Conv + Add of one value per output channel: the layer's bias.
         prev.params["bias"] = sign * as_tensor(const).reshape(-1)
-        b.sources[f"{b.nodes[-1].name}.bias"] = _source(name, const, sign)
+        b.sources[f"{b.nodes[-1].name}.bias"] = _source(b.stored(name), const, sign)
         b.alias[n.output[0]] = src
         return
-    b.fixed.add(name)
+    b.fixed.add(b.stored(name))
     b.add(n, Scale(torch.tensor(1.0, dtype=DTYPE), sign * spread), tensors)
 
 
 def _mul_or_div(b: Builder, n: onnx.NodeProto) -> None:
     attributes(n)
-    if _fold_constants(b, n):
-        return
     tensors, consts = b.split(n)
     if len(tensors) != 1 or (n.op_type == "Div" and n.input[1] in b.alias):
-        raise _refuse(n, "only a product with, or division by, a constant is supported")
+        raise refuse(n, "only a product with, or division by, a constant is supported")
     name = n.input[0] if n.input[0] in b.consts else n.input[1]
     spread = b.broadcast(consts[0], tensors[0], n)
     if n.op_type == "Div" and bool((spread == 0).any()):
-        raise _refuse(n, "division by a constant that holds zeros")
-    b.fixed.add(name)
+        raise refuse(n, "division by a constant that holds zeros")
+    b.fixed.add(b.stored(name))
     scale = 1.0 / spread if n.op_type == "Div" else spread
     b.add(n, Scale(scale, torch.tensor(0.0, dtype=DTYPE)), tensors)
 
 
 def _batchnorm(b: Builder, n: onnx.NodeProto) -> None:
     a = attributes(n)
-    src, consts = _one_activation(b, n)
+    src, consts = one_activation(b, n)
     if len(consts) != 4 or any(i not in b.consts for i in n.input[1:5]):
-        raise _refuse(n, "scale, B, mean and var must be constants")
+        raise refuse(n, "scale, B, mean and var must be constants")
     if any(o and b.uses[o] for o in n.output[1:]):
-        raise _refuse(n, "the running mean/var outputs (training mode) are not supported")
+        raise refuse(n, "the running mean/var outputs (training mode) are not supported")
     gamma, beta, mean, var = (as_tensor(c).reshape(-1) for c in consts)
     channels = b.shape[src][0] if b.shape[src] else 0
     if gamma.numel() != channels:
-        raise _refuse(n, f"{gamma.numel()} scales for {channels} channels")
+        raise refuse(n, f"{gamma.numel()} scales for {channels} channels")
     eps = float(a.get("epsilon", 1e-5))
     prev = b.producer(src, n.input[0])
     if b.fold_batchnorm and isinstance(prev, Affine | Conv):
@@ -245,49 +214,17 @@ def _batchnorm(b: Builder, n: onnx.NodeProto) -> None:
         b.alias[n.output[0]] = src
         return
     names = ("gamma", "beta", "mean", "var")
-    sources = {p: _source(i, b.consts[i]) for p, i in zip(names, n.input[1:5], strict=True)}
+    sources = {
+        p: _source(b.stored(i), b.consts[i]) for p, i in zip(names, n.input[1:5], strict=True)
+    }
     b.add(n, BatchNorm(gamma, beta, mean, var, eps), [src], sources)
-
-
-def _flatten(b: Builder, n: onnx.NodeProto) -> None:
-    src, _ = _one_activation(b, n)
-    full = b.full(src)
-    axis = int(attributes(n).get("axis", 1))
-    axis = axis + len(full) if axis < 0 else axis
-    if b.batched and axis > 1 and int(np.prod(full[:axis])) != 1:
-        raise _refuse(n, f"axis={axis} would merge the batch dimension")
-    if b.batched:
-        b.add(n, Reshape((int(np.prod(full)),)), [src])
-    else:
-        b.add(n, Reshape((int(np.prod(full[:axis])), int(np.prod(full[axis:])))), [src])
-
-
-def _reshape(b: Builder, n: onnx.NodeProto) -> None:
-    attributes(n)
-    src, consts = _one_activation(b, n)
-    if len(consts) != 1:
-        raise _refuse(n, "the target shape must be a constant")
-    full = b.full(src)
-    target = [int(v) for v in np.asarray(consts[0]).ravel()]
-    resolved = [full[i] if v == 0 and i < len(full) else v for i, v in enumerate(target)]
-    size = int(np.prod(full))
-    if resolved.count(-1) > 1 or any(v < -1 for v in resolved):
-        raise _refuse(n, f"invalid target shape {target}")
-    if -1 in resolved:
-        known = int(np.prod([v for v in resolved if v != -1]))
-        resolved[resolved.index(-1)] = size // max(known, 1)
-    if int(np.prod(resolved)) != size:
-        raise _refuse(n, f"cannot reshape {list(full)} to {target}")
-    if b.batched and (len(resolved) < 2 or resolved[0] != 1):
-        raise _refuse(n, f"reshape to {target} changes the batch dimension")
-    b.add(n, Reshape(tuple(resolved[1:] if b.batched else resolved)), [src])
 
 
 def _pad(b: Builder, n: onnx.NodeProto) -> None:
     a = attributes(n)
-    src, _ = _one_activation(b, n)
+    src, _ = one_activation(b, n)
     if len(n.input) > 3 and n.input[3]:
-        raise _refuse(n, "the axes input is not supported")
+        raise refuse(n, "the axes input is not supported")
     pads_in = b.consts.get(n.input[1]) if len(n.input) > 1 and n.input[1] else None
     pads = [
         int(p) for p in (np.asarray(pads_in).ravel() if pads_in is not None else a.get("pads", []))
@@ -300,45 +237,18 @@ def _pad(b: Builder, n: onnx.NodeProto) -> None:
     )
     rank = len(b.full(src))
     if len(pads) != 2 * rank:
-        raise _refuse(n, f"pads {pads} do not match a tensor of rank {rank}")
+        raise refuse(n, f"pads {pads} do not match a tensor of rank {rank}")
     begin, end = pads[:rank], pads[rank:]
     if value != 0.0 or any(begin[:-2]) or any(end[:-2]) or min(pads) < 0 or rank < 3:
-        raise _refuse(
+        raise refuse(
             n, f"only zero padding of the last two axes is supported (pads {pads}, value {value})"
         )
     b.add(n, Pad((begin[-1], end[-1], begin[-2], end[-2])), [src])
 
 
-def _pool(b: Builder, n: onnx.NodeProto) -> None:
-    a = attributes(n)
-    src, _ = _one_activation(b, n)
-    if len(n.output) > 1 and n.output[1] and b.uses[n.output[1]]:
-        raise _refuse(n, "the Indices output is not supported")
-    if len(b.shape[src]) != 3 or not b.batched:
-        raise _refuse(n, f"input of shape {list(b.full(src))} is not (1, C, H, W)")
-    if "kernel_shape" not in a:
-        raise _refuse(n, "kernel_shape is required")
-    kernel, stride = _pair(n, a["kernel_shape"], 1), _pair(n, a.get("strides"), 1)
-    dilation = _pair(n, a.get("dilations"), 1)
-    pads = (
-        [int(p) for p in a.get("pads", [0, 0, 0, 0])]
-        if a.get("auto_pad", "NOTSET") == "NOTSET"
-        else [0, 0, 0, 0]
-    )
-    if len(pads) != 4 or pads[0] != pads[2] or pads[1] != pads[3]:
-        raise _refuse(n, f"asymmetric pads {pads} are not supported")
-    padding = (pads[0], pads[1])
-    if n.op_type == "MaxPool":
-        b.add(n, MaxPool(kernel, stride, padding, dilation), [src])
-        return
-    if dilation != (1, 1):
-        raise _refuse(n, f"attribute dilations={list(dilation)} is not supported")
-    b.add(n, AvgPool(kernel, stride, padding, bool(a.get("count_include_pad", 0))), [src])
-
-
 def _activation(b: Builder, n: onnx.NodeProto) -> None:
     a = attributes(n)
-    src, _ = _one_activation(b, n)
+    src, _ = one_activation(b, n)
     if n.op_type == "LeakyRelu":
         b.add(n, LeakyReLU(float(a.get("alpha", 0.01))), [src])
         return
@@ -347,11 +257,60 @@ def _activation(b: Builder, n: onnx.NodeProto) -> None:
         axis = int(a.get("axis", -1 if b.opset >= 13 else 1))
         axis = axis + rank if axis < 0 else axis
         if axis != rank - 1 or (b.opset < 13 and rank > 2):
-            raise _refuse(n, f"softmax over axis {a.get('axis')} of a rank-{rank} tensor")
+            raise refuse(n, f"softmax over axis {a.get('axis')} of a rank-{rank} tensor")
         b.add(n, Softmax(), [src])
+        return
+    if n.op_type == "Clip":
+        b.add(n, _clip(b, n, a), [src])
         return
     ops = {"Relu": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}
     b.add(n, ops[n.op_type](), [src])
+
+
+def _clip(b: Builder, n: onnx.NodeProto, a: dict[str, Any]) -> Clip:
+    """Clip's bounds: the ``min``/``max`` attributes (opset < 11) or constant scalar inputs;
+    an absent bound is unbounded."""
+    ends: list[float] = []
+    for index, key, default in ((1, "min", -math.inf), (2, "max", math.inf)):
+        if key in a:
+            ends.append(float(a[key]))
+            continue
+        name = n.input[index] if len(n.input) > index else ""
+        if name and name not in b.consts:
+            raise refuse(n, f"the {key} input must be a constant")
+        value = np.asarray(b.consts[name]) if name else np.asarray(default)
+        if value.size != 1:
+            raise refuse(n, f"the {key} input must be a scalar, got shape {list(value.shape)}")
+        ends.append(float(value.ravel()[0]))
+    if not ends[0] <= ends[1]:
+        raise refuse(n, f"min {ends[0]} must not exceed max {ends[1]}")
+    return Clip(ends[0], ends[1])
+
+
+def _min_max(b: Builder, n: onnx.NodeProto) -> None:
+    """``Max(x, c...)`` / ``Min(x, c...)`` of one activation and scalar constants: a one-sided
+    Clip (tf2onnx and Keras write ReLU6 as ``Min(Max(x, 0), 6)``)."""
+    attributes(n)
+    src, consts = one_activation(b, n)
+    if not consts or any(np.asarray(c).size != 1 for c in consts):
+        raise refuse(n, "only one activation against scalar constants is supported")
+    values = [float(np.asarray(c).ravel()[0]) for c in consts]
+    if any(math.isnan(v) for v in values):
+        raise refuse(n, "a NaN constant")
+    op = Clip(max(values), math.inf) if n.op_type == "Max" else Clip(-math.inf, min(values))
+    b.add(n, op, [src])
+
+
+def _sum(b: Builder, n: onnx.NodeProto) -> None:
+    """ONNX Sum of activations of one shape."""
+    attributes(n)
+    tensors, consts = b.split(n)
+    if consts or not tensors or any(b.shape[t] != b.shape[tensors[0]] for t in tensors):
+        raise refuse(n, "only a sum of activations of one shape is supported")
+    if len(tensors) == 1:
+        b.alias[n.output[0]] = tensors[0]
+        return
+    b.add(n, Sum((1.0,) * len(tensors)), tensors)
 
 
 def _fake_quant(b: Builder, n: onnx.NodeProto) -> None:
@@ -359,7 +318,7 @@ def _fake_quant(b: Builder, n: onnx.NodeProto) -> None:
     from quantcert.ops.quantizer import FakeQuant
 
     a = attributes(n)
-    src, _ = _one_activation(b, n)
+    src, _ = one_activation(b, n)
     scale = np.asarray(a["scale"], dtype=np.float32).astype(np.float64)
     zp = np.asarray(a["zero_point"], dtype=np.float64)
     full = b.full(src)
@@ -384,9 +343,9 @@ def _alias(b: Builder, n: onnx.NodeProto) -> None:
         if len(n.input) > 2 and n.input[2]:
             mode = b.consts.get(n.input[2])
             if mode is None or bool(np.asarray(mode).ravel()[0]):
-                raise _refuse(n, "training_mode must be a constant false")
+                raise refuse(n, "training_mode must be a constant false")
         if len(n.output) > 1 and n.output[1] and b.uses[n.output[1]]:
-            raise _refuse(n, "the mask output is not supported")
+            raise refuse(n, "the mask output is not supported")
     if n.input[0] in b.consts:
         b.consts[n.output[0]] = b.consts[n.input[0]]
     else:
@@ -407,7 +366,7 @@ def _constant(b: Builder, n: onnx.NodeProto) -> None:
         if key in a:
             b.consts[n.output[0]] = np.asarray(a[key], dtype=dtype)
             return
-    raise _refuse(n, "only value, value_float(s) and value_int(s) are supported")
+    raise refuse(n, "only value, value_float(s) and value_int(s) are supported")
 
 
 HANDLERS: dict[str, Callable[[Builder, onnx.NodeProto], None]] = {
@@ -419,11 +378,13 @@ HANDLERS: dict[str, Callable[[Builder, onnx.NodeProto], None]] = {
     "Mul": _mul_or_div,
     "Div": _mul_or_div,
     "BatchNormalization": _batchnorm,
-    "Flatten": _flatten,
-    "Reshape": _reshape,
     "Pad": _pad,
     "MaxPool": _pool,
     "AveragePool": _pool,
+    "Clip": _activation,
+    "Max": _min_max,
+    "Min": _min_max,
+    "Sum": _sum,
     "Relu": _activation,
     "Sigmoid": _activation,
     "Tanh": _activation,
@@ -433,4 +394,5 @@ HANDLERS: dict[str, Callable[[Builder, onnx.NodeProto], None]] = {
     "Dropout": _alias,
     "Constant": _constant,
     "FakeQuant": _fake_quant,
+    **SHAPE_HANDLERS,
 }

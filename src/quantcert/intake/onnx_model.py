@@ -10,6 +10,9 @@ back to them. Other constants (input normalisation, standalone elementwise const
 fixed and listed in ``Network.fixed``. ``perturb="folded"`` folds BatchNormalization into the
 layer before it and states radii on the folded IR parameters instead.
 
+Shape arithmetic on constants is folded at load (``onnx_fold``). A graph with several outputs
+loads one of them, named by ``output``.
+
 Unless ``self_check=False``, the loaded network is compared with onnxruntime on random
 inputs: an intake mistake is a refusal, never a certificate.
 """
@@ -23,6 +26,7 @@ import onnx
 
 from quantcert.errors import InputError
 from quantcert.intake.onnx_builder import Builder
+from quantcert.intake.onnx_fold import fold
 from quantcert.intake.onnx_layers import HANDLERS
 from quantcert.intake.qdq import FAKE_QUANT, FAKE_QUANT_DOMAIN
 from quantcert.network import INPUT, Network, Node
@@ -45,28 +49,60 @@ def _read(path: Path) -> onnx.ModelProto:
     return model
 
 
-def translate(model: onnx.ModelProto, name: str = "network", perturb: Perturb = "file") -> Network:
-    """The IR of an in-memory ONNX model."""
+def select_output(model: onnx.ModelProto, output: str | None = None) -> onnx.ModelProto:
+    """The model with one graph output, ``output`` (by name), and only the nodes it needs;
+    the model itself when it has that one output already. Without ``output``, a model with
+    several outputs is refused with their names."""
+    names = [o.name for o in model.graph.output]
+    if output is None:
+        if len(names) == 1:
+            return model
+        raise InputError(
+            f"the ONNX graph has {len(names)} outputs ({', '.join(names)}): choose one "
+            "(from_onnx(..., output=NAME))"
+        )
+    if output not in names:
+        raise InputError(f"the ONNX graph has no output {output!r} (it has {', '.join(names)})")
+    needed, kept = {output}, []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    chosen = onnx.ModelProto()
+    chosen.CopyFrom(model)
+    del chosen.graph.node[:]
+    chosen.graph.node.extend(reversed(kept))
+    del chosen.graph.output[:]
+    chosen.graph.output.extend(o for o in model.graph.output if o.name == output)
+    return chosen
+
+
+def translate(
+    model: onnx.ModelProto,
+    name: str = "network",
+    perturb: Perturb = "file",
+    output: str | None = None,
+) -> Network:
+    """The IR of an in-memory ONNX model (of its graph output ``output``, see
+    ``select_output``)."""
     if perturb not in ("file", "folded"):
         raise InputError(f"--perturb must be 'file' or 'folded', got {perturb!r}")
+    model = select_output(model, output)
     b = Builder(model, fold_batchnorm=perturb == "folded")
     for n in model.graph.node:
         handler = HANDLERS.get(n.op_type)
         # FakeQuant exists only in the QDQ rewrite's own domain, never in a user's file.
         domains = (FAKE_QUANT_DOMAIN,) if n.op_type == FAKE_QUANT else ("", "ai.onnx")
-        if handler is None or n.domain not in domains:
-            raise InputError(f"unsupported ONNX operator {n.op_type} (node {n.name!r})")
         try:
+            if fold(b, n):
+                continue
+            if handler is None or n.domain not in domains:
+                raise InputError(f"unsupported ONNX operator {n.op_type} (node {n.name!r})")
             handler(b, n)
         except (IndexError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise InputError(
                 f"cannot translate ONNX node {n.name!r} ({n.op_type}): {exc}"
             ) from None
-    if len(model.graph.output) != 1:
-        names = ", ".join(o.name for o in model.graph.output)
-        raise InputError(
-            f"the ONNX graph has {len(model.graph.output)} outputs ({names}): one is supported"
-        )
     out = model.graph.output[0].name
     if out not in b.alias or b.alias[out] == INPUT:
         raise InputError(f"ONNX graph output {out!r} is not computed by a supported node")
@@ -83,10 +119,16 @@ def translate(model: onnx.ModelProto, name: str = "network", perturb: Perturb = 
     )
 
 
-def from_onnx(path: str | Path, perturb: Perturb = "file", self_check: bool = True) -> Network:
-    """Load an ONNX file into a ``Network`` (float64)."""
+def from_onnx(
+    path: str | Path,
+    perturb: Perturb = "file",
+    self_check: bool = True,
+    output: str | None = None,
+) -> Network:
+    """Load an ONNX file into a ``Network`` (float64); ``output`` names the graph output to
+    load when the graph has several."""
     path = Path(path)
-    model = _read(path)
+    model = select_output(_read(path), output)
     net = translate(model, path.stem, perturb)
     net.origin = str(path)
     if self_check:

@@ -3,12 +3,14 @@
 from quantcert.ops.activations import Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from quantcert.ops.affine import Affine
 from quantcert.ops.base import DTYPE, Box, Op
+from quantcert.ops.clip import Clip
 from quantcert.ops.conv import Conv
 from quantcert.ops.heads import Softmax
+from quantcert.ops.layout import Concat, Reduce, Slice, Transpose
 from quantcert.ops.linear import AvgPool, Pad, Reshape, Scale, Sum
 from quantcert.ops.noise import QuantNoise
 from quantcert.ops.normalization import BatchNorm
-from quantcert.ops.pooling import MaxPool
+from quantcert.ops.pooling import MaxPool, PaddedAvgPool, PaddedMaxPool
 
 __all__ = [
     "DTYPE",
@@ -16,18 +18,25 @@ __all__ = [
     "AvgPool",
     "BatchNorm",
     "Box",
+    "Clip",
+    "Concat",
     "Conv",
     "Identity",
     "LeakyReLU",
     "MaxPool",
     "Op",
     "Pad",
+    "PaddedAvgPool",
+    "PaddedMaxPool",
     "QuantNoise",
     "ReLU",
+    "Reduce",
     "Reshape",
     "Scale",
     "Sigmoid",
+    "Slice",
     "Softmax",
     "Sum",
     "Tanh",
+    "Transpose",
 ]

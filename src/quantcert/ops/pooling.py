@@ -1,4 +1,6 @@
-"""Max pooling (ONNX MaxPool) over (B, C, H, W)."""
+"""Max pooling (ONNX MaxPool) over (B, C, H, W): ``MaxPool`` with symmetric padding, and
+``PaddedMaxPool`` with any (top, left, bottom, right) padding, which also covers ONNX's
+``ceil_mode`` (the extra windows at the end are windows over more -inf padding)."""
 
 from __future__ import annotations
 
@@ -8,32 +10,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from quantcert.ops.base import Box, Op
+from quantcert.ops.affine import coef_rounding
+from quantcert.ops.base import Box, Op, spec_sum
+from quantcert.ops.linear import _Linear
 
 
-class MaxPool(Op):
+class _WindowMax(Op):
+    """Max over windows of ``kernel`` taps ``dilation`` apart, every ``stride``, over the
+    input padded by ``pads4`` = (top, left, bottom, right) with -inf (padding never wins)."""
+
     nonlinear = True
-
-    """Windows of ``kernel`` taps ``dilation`` apart, every ``stride``, over the input padded
-    symmetrically by ``padding`` (padding never wins the max)."""
-
-    def __init__(
-        self,
-        kernel: tuple[int, int],
-        stride: tuple[int, int],
-        padding: tuple[int, int] = (0, 0),
-        dilation: tuple[int, int] = (1, 1),
-    ) -> None:
-        super().__init__()
-        self.kernel, self.stride, self.padding = kernel, stride, padding
-        self.dilation = dilation
-
-    def describe(self) -> str:
-        extra = "" if self.dilation == (1, 1) else f", dilation={self.dilation}"
-        return f"MaxPool({self.kernel}, stride={self.stride}{extra})"
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    pads4: tuple[int, int, int, int]
 
     def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
-        return F.max_pool2d(xs[0], self.kernel, self.stride, self.padding, self.dilation)
+        t, left, b, r = self.pads4
+        padded = F.pad(xs[0], (left, r, t, b), value=float("-inf"))
+        return F.max_pool2d(padded, self.kernel, self.stride, 0, self.dilation)
 
     def interval(self, boxes: Sequence[Box], radius: Mapping[str, Tensor]) -> Box:
         box = boxes[0]
@@ -41,8 +36,8 @@ class MaxPool(Op):
 
     def _windows(self, z: Tensor) -> Tensor:
         """(N, C, H, W) -> (N, C, k*k, L): the pooling windows, padded with -inf."""
-        ph, pw = self.padding
-        padded = F.pad(z, (pw, pw, ph, ph), value=float("-inf"))
+        t, left, b, r = self.pads4
+        padded = F.pad(z, (left, r, t, b), value=float("-inf"))
         n, c = z.shape[:2]
         cols = F.unfold(padded, self.kernel, dilation=self.dilation, stride=self.stride)
         return cols.reshape(n, c, self.kernel[0] * self.kernel[1], -1)
@@ -50,13 +45,13 @@ class MaxPool(Op):
     def _scatter(self, coef: Tensor, onehot: Tensor, in_shape: torch.Size) -> Tensor:
         """Place per-window coefficients (N, C, L) on the chosen inputs: -> (N, C, H, W)."""
         n, _c = coef.shape[:2]
-        ph, pw = self.padding
+        t, left, b, r = self.pads4
         h, w = in_shape[-2], in_shape[-1]
         cols = (onehot * coef.unsqueeze(2)).reshape(n, -1, coef.shape[-1])
         full = F.fold(
-            cols, (h + 2 * ph, w + 2 * pw), self.kernel, dilation=self.dilation, stride=self.stride
+            cols, (h + t + b, w + left + r), self.kernel, dilation=self.dilation, stride=self.stride
         )
-        return full[..., ph : ph + h, pw : pw + w]
+        return full[..., t : t + h, left : left + w]
 
     def backward(
         self, A: Tensor, boxes: Sequence[Box], radius: Mapping[str, Tensor]
@@ -82,3 +77,85 @@ class MaxPool(Op):
         )
         const = const_terms.flatten(2).sum(-1)
         return [a_in.reshape(s, n, *box.lo.shape[1:])], const, const_terms.abs().flatten(2).sum(-1)
+
+
+class MaxPool(_WindowMax):
+    """Symmetric ``padding`` (top/bottom, left/right), as ``F.max_pool2d`` takes it."""
+
+    def __init__(
+        self,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int] = (0, 0),
+        dilation: tuple[int, int] = (1, 1),
+    ) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        self.dilation = dilation
+        self.pads4 = (padding[0], padding[1], padding[0], padding[1])
+
+    def describe(self) -> str:
+        extra = "" if self.dilation == (1, 1) else f", dilation={self.dilation}"
+        return f"MaxPool({self.kernel}, stride={self.stride}{extra})"
+
+    def forward(self, xs: Sequence[Tensor], params: Mapping[str, Tensor]) -> Tensor:
+        return F.max_pool2d(xs[0], self.kernel, self.stride, self.padding, self.dilation)
+
+
+class PaddedMaxPool(_WindowMax):
+    """``pads4`` = (top, left, bottom, right) of -inf padding; every window must hold at
+    least one input value (the intake checks)."""
+
+    def __init__(
+        self,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        pads4: tuple[int, int, int, int],
+        dilation: tuple[int, int] = (1, 1),
+    ) -> None:
+        super().__init__()
+        if min(pads4) < 0:
+            raise ValueError(f"pads {pads4} must be non-negative")
+        self.kernel, self.stride, self.pads4, self.dilation = kernel, stride, pads4, dilation
+
+    def describe(self) -> str:
+        return f"PaddedMaxPool({self.kernel}, stride={self.stride}, pads={self.pads4})"
+
+
+class PaddedAvgPool(_Linear):
+    """Average pooling as ONNX AveragePool computes it: window sums over the input zero
+    padded by ``pads4`` = (top, left, bottom, right) (which includes the extra end padding of
+    ``ceil_mode``), each divided by its own ``divisor`` (out_h, out_w) (the intake computes
+    it: the window's size within the stated padding, or its count of input values when
+    ``count_include_pad=0``)."""
+
+    def __init__(
+        self,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        pads4: tuple[int, int, int, int],
+        divisor: Tensor,
+    ) -> None:
+        super().__init__()
+        if min(pads4) < 0 or bool((divisor <= 0).any()):
+            raise ValueError(f"pads {pads4} and divisors must be positive")
+        self.kernel, self.stride, self.pads4, self.divisor = kernel, stride, pads4, divisor
+
+    def describe(self) -> str:
+        return f"PaddedAvgPool({self.kernel}, stride={self.stride}, pads={self.pads4})"
+
+    def lin(self, z: Tensor) -> Tensor:
+        t, left, b, r = self.pads4
+        padded = F.pad(z, (left, r, t, b))
+        sums = F.avg_pool2d(padded, self.kernel, self.stride, 0, divisor_override=1)
+        return sums / self.divisor
+
+    def backward(
+        self, A: Tensor, boxes: Sequence[Box], radius: Mapping[str, Tensor]
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        a_in, const, magnitude = super().backward(A, boxes, radius)
+        # Each input coefficient sums at most kh*kw terms A_o / d_o: their rounding errs by at
+        # most gamma of sum_o |A_o| (window mean of |z|) over the box.
+        terms = self.kernel[0] * self.kernel[1]
+        charge = coef_rounding(terms) * spec_sum(A.abs(), self.lin(boxes[0].absmax))
+        return a_in, const + charge, magnitude + charge
