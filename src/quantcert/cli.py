@@ -520,10 +520,23 @@ def sigma(
 ) -> None:
     """How close to the decision level can an input be and still flip?"""
     check_output(json)
-    from quantcert.analyses.paper_cli import sigma_command
-
     limit = parse_memory(memory_budget)
-    sigma_command(model, delta, relative, domain, level, gap, timeout, _engine(engine), json, limit)
+    formats = (weights, biases, activations, input_format, calibration)
+    if all(f is None for f in formats):
+        from quantcert.analyses.paper_cli import sigma_command
+
+        sigma_command(
+            model, delta, relative, domain, level, gap, timeout, _engine(engine), json, limit
+        )
+        return
+    from quantcert.analyses.epsilon import Budget
+    from quantcert.analyses.sigma import sigma_run
+
+    net, pert, box = _query_setup(
+        model, delta, relative, None, None, domain, "file", True, *formats
+    )
+    budget = Budget(gap=gap, timeout=timeout, memory=limit)
+    sigma_run(net, pert, box, budget, level, _engine(engine), json)
 
 
 @app.command(
@@ -632,7 +645,8 @@ def compare(
         if json is None:
             typer.echo(
                 f"compare --data: verified {summary['verified']}, falsified "
-                f"{summary['falsified']}, unknown {summary['unknown']}; falsified images: "
+                f"{summary['falsified']}, unknown {summary['unknown']} (verified also under "
+                f"any float32 evaluation: {summary['verified_float32']}); falsified images: "
                 f"{summary['falsified_images']}"
             )
         else:

@@ -148,6 +148,127 @@ def _progress() -> Any:
     return report
 
 
+BITWIDTH_HELP = (
+    "The fewest bits per tensor kind and per layer that provably meet --target on the data: "
+    "the certificate at those bits, what one bit fewer does (a concrete rounding that breaks "
+    "the target, or 'unknown'), the measured effect of really quantizing, the empirical "
+    "per-layer bits engineers measure today, and a certified mixed assignment."
+)
+
+
+def bitwidth(
+    model: ModelArg,
+    data: DataOpt,
+    target: Annotated[
+        str, typer.Option("--target", help="accuracy-drop<=P% (certified) or noflip")
+    ] = "accuracy-drop<=1%",
+    family_name: Annotated[str, typer.Option("--family", help="int or float")] = "int",
+    granularity: Annotated[
+        str, typer.Option("--granularity", help="per-tensor, per-channel or group=G")
+    ] = "per-channel",
+    kinds: Annotated[
+        str,
+        typer.Option(
+            "--kinds", help="Tensor kinds of the uniform answer: weights,activations,input"
+        ),
+    ] = "weights,activations",
+    limit: LimitOpt = None,
+    plot: Annotated[
+        str | None, typer.Option("--plot", help="Bar chart of the bits per layer (.png)")
+    ] = None,
+    json: JsonOpt = None,
+) -> None:
+    """Certified minimum bits per layer, with a witness one bit below."""
+    _check_output(json)
+    _check_output(plot)
+    from quantcert.analyses.kappa_data import load_images
+    from quantcert.analyses.precision.bitwidth import bitwidth as run
+    from quantcert.analyses.precision.bitwidth import family
+    from quantcert.analyses.precision.targets import parse_target
+    from quantcert.cli_glue import check_on_box, load_model
+
+    goal = parse_target(target)
+    fam = family(family_name, granularity)
+    chosen = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    bad = [k for k in chosen if k not in ("weights", "activations", "input")]
+    if bad or not chosen:
+        raise InputError(f"--kinds {kinds!r}: use weights, activations and input")
+    net = load_model(model, "file")
+    images = load_images(data, net.input_shape, limit)
+    if images.labels is None and goal.kind == "accuracy-drop":
+        raise InputError(f"{data}: no 'labels' array: accuracy-drop needs the true labels")
+    points = images.images.numpy()
+    labels = images.labels if images.labels is not None else np.zeros(len(points), np.int64)
+    check_on_box(net, points.min(0), points.max(0))
+    result = run(net, points, labels, goal, fam, chosen, progress=_stage_progress())
+    result = {"model": model, "data": data, **result}
+    if plot is not None:
+        from quantcert.report.bitwidth_plots import plot_layer_bits
+
+        plot_layer_bits(result, Path(plot))
+        result["plot"] = plot
+    if json is None:
+        typer.echo(_bitwidth_text(result))
+        return
+    from quantcert.report.output import write_json
+
+    write_json(result, json)
+
+
+def _bits(answer: Any) -> str:
+    return "-" if answer.get("bits") is None else str(answer["bits"])
+
+
+def _bitwidth_text(r: dict[str, Any]) -> str:
+    u, i = r["uniform"], r["input"]
+    lines = [
+        f"bitwidth for {r['target']} on {r['images']} images (float accuracy "
+        f"{r['float_accuracy']:.2%}), family {r['family']} {r['granularity']}",
+        f"  uniform ({'+'.join(r['kinds'])}): {_bits(u)} bits"
+        + (f", one bit fewer: {u['below']['status']}" if "below" in u else f" ({u['status']})"),
+        f"  input alone: {_bits(i)} bits",
+        "  layer            weights  certified  measured  one bit fewer  empirical bits",
+    ]
+    for layer in r["layers"]:
+        w = layer["weights"]
+        cert = w.get("certificate", {}).get("lower")
+        lines.append(
+            f"  {layer['name']:<16} {_bits(w):>7}  "
+            + (f"{cert:9.2%}" if cert is not None else "        -")
+            + f"  {w.get('measured', float('nan')):8.2%}  "
+            + f"{w.get('below', {}).get('status', w.get('status', '')):>13}  "
+            + f"{layer['weights_empirical_bits'] if layer['weights_empirical_bits'] else '-':>14}"
+        )
+    m = r.get("mixed")
+    if m is not None:
+        if m.get("status") == "verified":
+            lines.append(
+                f"  mixed: {m['assignment']} ({m['cost']['bytes'] / 1024:.1f} KiB of weights), "
+                f"certified {m['certificate']['lower']:.2%}"
+            )
+        else:
+            lines.append(f"  mixed: {m['status']} ({m.get('reason')})")
+    lines.append(
+        "  certified: the fewest bits whose every rounding provably meets the target; "
+        "empirical: the fewest whose real rounding measured meets it (never more)"
+    )
+    return "\n".join(lines)
+
+
+def _stage_progress() -> Any:
+    import sys
+    import time
+
+    start = time.perf_counter()
+
+    def report(stage: str) -> None:
+        if sys.stderr.isatty():
+            typer.echo(f"  {time.perf_counter() - start:6.1f} s  {stage}", err=True)
+
+    return report
+
+
 def register(app: typer.Typer) -> None:
     """Add the precision commands to ``app``."""
     app.command(help=ACCURACY_HELP)(accuracy)
+    app.command(help=BITWIDTH_HELP)(bitwidth)

@@ -8,7 +8,7 @@ are known exactly, and the activation quantizers are ``FakeQuant`` ops.
 - ``compare``: ``max_k |diff_k|`` over the box: the upper bound from ``bound_spec`` with
   input branch and bound within the budget, the lower from a witness ``x`` re-evaluated in
   float64 with a stated error bound; status ``optimal`` / ``bounded`` as epsilon's.
-- ``label_certificate``: does any x in the box get a different label from the two models?
+- ``label_certificate`` (``compare_labels``): does any x in the box get a different label?
   ``verified`` when one label provably wins throughout the box in both networks,
   ``falsified`` with an x where the labels differ, else ``unknown``.
 """
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from quantcert.analyses.compare_labels import label_certificates, point_labels
 from quantcert.analyses.epsilon import Budget, box_echo, certificate_status
 from quantcert.engines.attack import Witness, certified, evaluation_error, search
 from quantcert.engines.bab import (
@@ -37,7 +38,7 @@ from quantcert.engines.bounds import Radii, batch_bytes, bound_spec, memory_cap
 from quantcert.engines.perturbation import Perturbation
 from quantcert.errors import InputError
 from quantcert.network import INPUT, Network, Node
-from quantcert.ops import Sigmoid, Sum
+from quantcert.ops import Sum
 from quantcert.ops.base import DTYPE, Box
 from quantcert.report.results import Certificate, QueryResult, WitnessRecord
 
@@ -202,78 +203,48 @@ def _sampled(pair: Network, box: Box, objective: _Objective, columns: int) -> li
 # ----------------------------------------------------------------- labels
 
 
-def _label_rows(n_out: int, c: int) -> Tensor:
-    """Rows ``e_j - e_c`` for j != c: all upper bounds < 0 means label c wins."""
-    rows = [
-        torch.eye(n_out, dtype=DTYPE)[j] - torch.eye(n_out, dtype=DTYPE)[c]
-        for j in range(n_out)
-        if j != c
-    ]
-    return torch.stack(rows)
-
-
-def _labels(out: Tensor, level: float) -> Tensor:
-    """Argmax per row, or ``out > level`` for one output."""
-    flat = out.flatten(1)
-    return (flat[:, 0] > level).long() if flat.shape[1] == 1 else flat.argmax(1)
-
-
 def label_certificate(
     float_net: Network, quant_net: Network, box: Box, method: str = "crown"
 ) -> Certificate:
     """Does any x in ``box`` get different labels from the two models (argmax, or the sign
-    against the decision level for one output: 0.5 after a sigmoid head, else 0)?"""
-    start = time.perf_counter()
+    against the decision level for one output: 0.5 after a sigmoid head, else 0)? See
+    ``compare_labels``: a point is decided by both networks' evaluation with a bound on
+    float32 (onnxruntime) and exact rounding; a box by ``bound_spec`` (exact arithmetic)."""
+    return _certificates(float_net, quant_net, box, method)[0]
+
+
+def _certificates(
+    float_net: Network, quant_net: Network, box: Box, method: str
+) -> list[Certificate]:
     pair = comparison_network(float_net, quant_net)
-    n_out = check_compatible(float_net, quant_net)
-    level = 0.5 if isinstance(float_net.node(float_net.output_node).op, Sigmoid) else 0.0
-    radii = _no_radii(pair)
-    centre = box.center
-    with torch.no_grad():
-        values = pair.evaluate(centre)
-    f_end, q_end = FLOAT + float_net.output_node, QUANT + quant_net.output_node
-    c = int(_labels(values[f_end], level)[0])
-    if n_out == 1:
-        spec = torch.tensor([[-1.0 if c == 1 else 1.0]], dtype=DTYPE)
-        offset = level if c == 1 else -level  # upper of (level - z) or (z - level) < 0
-    else:
-        spec, offset = _label_rows(n_out, c), 0.0
-    ok = True
-    for target in (f_end, q_end):
-        upper, _ = bound_spec(pair, box, radii, spec, method, target=target)  # type: ignore[arg-type]
-        if not bool((upper + offset < 0).all()):
-            ok = False
-    if ok:
-        return Certificate(0.0, 0.0, "verified", None, time.perf_counter() - start, ENGINE)
-    # Search: the centre and random points, both labels evaluated in float64.
-    gen = torch.Generator().manual_seed(2)
-    lo, hi = box.lo[0], box.hi[0]
-    xs = torch.cat(
-        [centre, lo + (hi - lo) * torch.rand((512, *lo.shape), generator=gen, dtype=DTYPE)]
-    )
-    with torch.no_grad():
-        vals = pair.evaluate(xs)
-    lf, lq = _labels(vals[f_end], level), _labels(vals[q_end], level)
-    differ = torch.nonzero(lf != lq).flatten()
-    elapsed = time.perf_counter() - start
-    if differ.numel():
-        x = xs[int(differ[0])]
-        return Certificate(
-            1.0, 1.0, "falsified", WitnessRecord(x.numpy(), {}, 1.0), elapsed, ENGINE
-        )
-    return Certificate(0.0, 1.0, "unknown", None, elapsed, ENGINE, "bounds do not decide")
+    check_compatible(float_net, quant_net)
+    ends = (FLOAT + float_net.output_node, QUANT + quant_net.output_node)
+    return label_certificates(float_net, quant_net, pair, ends, box, method)
 
 
 def compare_points(
-    float_net: Network, quant_net: Network, points: np.ndarray, method: str = "crown"
+    float_net: Network,
+    quant_net: Network,
+    points: np.ndarray,
+    method: str = "crown",
+    batch: int = 1024,
 ) -> dict[str, object]:
-    """One label certificate per point (``--data``): counts and the falsified indices."""
-    counts = {"verified": 0, "falsified": 0, "unknown": 0}
-    falsified = []
-    for i, p in enumerate(points):
-        x = torch.as_tensor(np.asarray(p, dtype=np.float64)).reshape(1, *float_net.input_shape)
-        cert = label_certificate(float_net, quant_net, Box.point(x), method)
-        counts[cert.status] += 1
-        if cert.status == "falsified":
-            falsified.append(i)
-    return {**counts, "falsified_images": falsified}
+    """One label certificate per point (``--data``), batched: counts, the indices of the
+    falsified and unknown images, and ``verified_float32``: the verified images whose label
+    also holds for any float32 evaluation of both graphs (onnxruntime's)."""
+    counts = {"verified": 0, "falsified": 0, "unknown": 0, "verified_float32": 0}
+    falsified, unknown = [], []
+    for s in range(0, len(points), batch):
+        x = torch.as_tensor(np.asarray(points[s : s + batch], dtype=np.float64))
+        x = x.reshape(-1, *float_net.input_shape)
+        certs = _certificates(float_net, quant_net, Box(x, x), method)
+        lf, lq, _, _ = point_labels(float_net, quant_net, x, float32=True)
+        for k, cert in enumerate(certs):
+            counts[cert.status] += 1
+            if cert.status == "falsified":
+                falsified.append(s + k)
+            elif cert.status == "unknown":
+                unknown.append(s + k)
+            elif lf[k] >= 0 and lf[k] == lq[k]:
+                counts["verified_float32"] += 1
+    return {**counts, "falsified_images": falsified, "unknown_images": unknown}

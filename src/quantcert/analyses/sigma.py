@@ -268,3 +268,35 @@ def _status(bab_status: str) -> tuple[str, str | None]:
     if bab_status in ("exhausted", "optimal"):
         return "bounded", None
     return certificate_status(bab_status)
+
+
+def sigma_run(
+    net: Network,
+    pert: Perturbation,
+    box: Box,
+    budget: Budget,
+    level: float | None,
+    engine: str,
+    json_target: str | None,
+) -> None:
+    """``quantcert sigma`` on a prepared network and perturbation (``--weights``/
+    ``--biases``/``--activations``/``--input``, set up as epsilon's and flip's): prints the
+    table, or writes JSON to ``json_target`` (``-``: stdout). The exact engine takes the
+    parameter formats; quantization noise on activations or the input is refused there."""
+    from quantcert.ops import QuantNoise
+    from quantcert.report.output import write_json
+
+    if not budget.gap >= 0 or not budget.timeout > 0:
+        raise InputError("--gap must be >= 0 and --timeout > 0")
+    if engine == "exact":
+        if any(isinstance(n.op, QuantNoise) for n in net.nodes):
+            raise InputError("--engine exact does not take --activations or --input")
+        from quantcert.analyses.paper_cli import sigma_exact
+
+        result = sigma_exact(net, pert, box, budget, level)
+    else:
+        result = sigma(net, pert, box, budget, level)
+    if json_target is None:
+        print(result.to_text())
+    else:
+        write_json(result.to_dict(), json_target)

@@ -247,6 +247,8 @@ def accuracy(
             status[todo[ok]] = VERIFIED
         _report(progress, "bounded", n, n)
         todo = torch.nonzero(status == UNKNOWN).flatten()
+        if attack_steps <= 0:
+            todo = todo[:0]
         found, offsets = _attack(q, x[todo], y[todo], t, attack_steps)
         hit = found > 0
         status[todo[hit]], by[todo[hit]], margin[todo[hit]] = FALSIFIED, BY_ATTACK, found[hit]

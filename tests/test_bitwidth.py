@@ -1,0 +1,119 @@
+"""``quantcert bitwidth``: certified minimum bits, checked from outside.
+
+- certified bits are never below the empirical bits (the real quantizer, measured);
+- at the certified bits, an independent accuracy run (and onnxruntime's own weight rounding)
+  keeps the target; the mixed assignment's joint certificate is re-derived afresh;
+- one bit below, a 'falsified' answer's real rounding really breaks the target.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantcert.analyses.precision import Scheme, accuracy
+from quantcert.analyses.precision.bitwidth import bitwidth, empirical_bits, family
+from quantcert.analyses.precision.targets import parse_target
+from quantcert.errors import InputError
+from quantcert.formats import parse_format
+from quantcert.intake import load
+from test_accuracy import MODELS, NETS, _cli, _mnist, _ort_labels, _ort_weight_quantized
+
+
+@pytest.fixture(scope="module")
+def study() -> dict[str, object]:
+    net = load(MODELS / NETS["mnist-256x2"], self_check=False)
+    x, y = _mnist(60, start=300)
+    target = parse_target("accuracy-drop<=2%")
+    return {
+        "net": net,
+        "x": x,
+        "y": y,
+        "result": bitwidth(net, x, y, target, family("int", "per-channel"), ("weights",)),
+    }
+
+
+def test_certified_bits_never_below_empirical(study: dict[str, object]) -> None:
+    r = study["result"]
+    assert isinstance(r, dict)
+    for layer in r["layers"]:
+        cert, emp = layer["weights"]["bits"], layer["weights_empirical_bits"]
+        assert emp is not None
+        assert cert is None or cert >= emp, layer
+
+
+def test_answers_hold_when_recomputed(study: dict[str, object]) -> None:
+    r, net, x, y = study["result"], study["net"], study["x"], study["y"]
+    assert isinstance(r, dict) and isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+    floor = r["float_accuracy"] - 0.02
+    bits = r["uniform"]["bits"]
+    assert bits is not None
+    res = accuracy(net, x, y, Scheme({"*": parse_format(f"int{bits}:per-channel")}), attack_steps=0)
+    assert res.summary()["certified_accuracy"] >= floor - 1e-12
+    # onnxruntime's own rounding of every weight at those bits keeps the target.
+    ort = _ort_labels(_ort_weight_quantized(MODELS / NETS["mnist-256x2"], bits), x)
+    assert (ort == y).mean() >= floor - 1e-12
+    for answer in [r["uniform"], *(layer["weights"] for layer in r["layers"])]:
+        cert = answer["certificate"]
+        assert cert["status"] == "verified"
+        assert answer["measured"] >= cert["lower"] - 1e-12
+        below = answer["below"]
+        if below["status"] == "falsified":
+            assert below["value"] < floor
+    mixed = r["mixed"]
+    if mixed["status"] == "verified":
+        scheme = Scheme(
+            {n: parse_format(f"int{b}:per-channel") for n, b in mixed["assignment"].items()}
+        )
+        again = accuracy(net, x, y, scheme, attack_steps=0).summary()
+        assert again["certified_accuracy"] >= floor - 1e-12
+        assert again["certified_accuracy"] == pytest.approx(mixed["certificate"]["lower"])
+
+
+def test_empirical_peer_is_the_measured_minimum(study: dict[str, object]) -> None:
+    from quantcert.analyses.precision.bitwidth import Study
+
+    net, x, y = study["net"], study["x"], study["y"]
+    assert isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+    r = study["result"]
+    assert isinstance(r, dict)
+    s = Study(net, x, y, parse_target("accuracy-drop<=2%"), family("int", "per-channel"),
+              r["float_accuracy"])  # fmt: skip
+    b = empirical_bits(s, "gemm")
+    assert b is not None
+    if b > 2:  # one bit fewer really breaks the target when measured
+        res = accuracy(net, x, y, Scheme({"gemm": parse_format(f"int{b - 1}:per-channel")}),
+                       attack_steps=0)  # fmt: skip
+        assert r["float_accuracy"] - res.summary()["measured_accuracy"] > 0.02
+
+
+def test_targets_and_families_refused() -> None:
+    for bad in ("accuracy-drop<=x", "eps<=0.1", "drop<1%", "accuracy-drop<=200%"):
+        with pytest.raises(InputError):
+            parse_target(bad)
+    assert parse_target("accuracy-drop<=0.5%").drop == pytest.approx(0.005)
+    assert parse_target("noflip").kind == "noflip"
+    with pytest.raises(InputError):
+        family("mx", "per-channel")
+    with pytest.raises(InputError):
+        family("int", "per-row")
+
+
+def test_cli_bitwidth(tmp_path: Path) -> None:
+    data = tmp_path / "d.npz"
+    x, y = _mnist(30)
+    np.savez(data, images=(x * 255).astype(np.uint8), labels=y)
+    model = str(MODELS / NETS["mnist-256x2"])
+    out, plot = tmp_path / "b.json", tmp_path / "b.png"
+    r = _cli("bitwidth", model, "--data", str(data), "--target", "noflip", "--kinds", "weights",
+             "--json", str(out), "--plot", str(plot))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    assert [layer["name"] for layer in s["layers"]] == ["gemm", "gemm_1", "gemm_2"]
+    assert plot.stat().st_size > 1000
+    for args in (["--target", "eps<=1"], ["--family", "mx"], ["--kinds", "bias"]):
+        r = _cli("bitwidth", model, "--data", str(data), *args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
