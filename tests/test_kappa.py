@@ -279,6 +279,11 @@ def test_reproduce_thesis_writes_report(
     assert "Table 5.1" in report and "Table 5.2" in report and "Eq. 3.8" in report
     assert "Certified kappa" in report
     assert doc["networks"]["mnist-net_256x2"]["certified"]["violations"] == 0
+    # The precision column: certified bits beside Table 5.1's kappa bits (MNIST nets only).
+    bits = doc["tables"]["certified_bits"]
+    assert set(bits) == {"mnist-net_256x2"}
+    assert [x["name"] for x in bits["mnist-net_256x2"]["layers"]] == ["gemm", "gemm_1", "gemm_2"]
+    assert "Certified bits beside Table 5.1" in report
     for fig in (
         "fig_4_3_perturbation",
         "fig_5_1_kappa_deepfool",

@@ -227,7 +227,7 @@ def _bitwidth_text(r: dict[str, Any]) -> str:
         f"  uniform ({'+'.join(r['kinds'])}): {_bits(u)} bits"
         + (f", one bit fewer: {u['below']['status']}" if "below" in u else f" ({u['status']})"),
         f"  input alone: {_bits(i)} bits",
-        "  layer            weights  certified  measured  one bit fewer  empirical bits",
+        "  layer            weights  certified  measured  one bit fewer  empirical  activations",
     ]
     for layer in r["layers"]:
         w = layer["weights"]
@@ -237,7 +237,8 @@ def _bitwidth_text(r: dict[str, Any]) -> str:
             + (f"{cert:9.2%}" if cert is not None else "        -")
             + f"  {w.get('measured', float('nan')):8.2%}  "
             + f"{w.get('below', {}).get('status', w.get('status', '')):>13}  "
-            + f"{layer['weights_empirical_bits'] if layer['weights_empirical_bits'] else '-':>14}"
+            + f"{layer['weights_empirical_bits'] if layer['weights_empirical_bits'] else '-':>9}  "
+            + f"{_bits(layer['activations']):>11}"
         )
     m = r.get("mixed")
     if m is not None:

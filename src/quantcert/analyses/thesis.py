@@ -29,6 +29,11 @@ from quantcert.analyses.kappa import KappaResult, measure, result_for, stats
 from quantcert.analyses.kappa_data import load_images
 from quantcert.analyses.layer_kappa import LayerKappaResult, layer_kappa
 from quantcert.analyses.lipschitz import lipschitz_bound
+from quantcert.analyses.precision.thesis_bits import (
+    PRECISION_IMAGES,
+    precision_bits,
+    precision_table,
+)
 from quantcert.intake import load
 from quantcert.report.kappa_plots import thesis_figures
 from quantcert.report.output import write_json
@@ -297,6 +302,8 @@ def _markdown(cases: list[CaseResult], settings: dict[str, Any]) -> str:
         "",
         certified_table(cases),
     ]
+    parts += ["", "## Certified bits beside Table 5.1 (beyond the seed)", "", PRECISION_NOTE]
+    parts += ["", settings["precision_table"]]
     parts += ["", "## Per-layer kappa (beyond the seed)", ""]
     for c in cases:
         parts += [f"### {c.name} ({c.layers.images} images)", "", c.layers.to_markdown(), ""]
@@ -379,6 +386,31 @@ def _run_cases(
     return results, False
 
 
+PRECISION_NOTE = (
+    f"`quantcert bitwidth --target noflip` on the first {PRECISION_IMAGES} images of each "
+    "MNIST network: the fewest bits with which no image changes its label, for the input "
+    "alone (uint, asymmetric), uniformly, and per layer for its weights (int, per channel, "
+    "certified for every rounding within half a step) and its input activations. Kappa bits "
+    "(Eq. 5.1) are DeepFool's estimate of the input precision."
+)
+
+
+def _precision(results: list[CaseResult], chosen: tuple[Case, ...]) -> tuple[dict[str, Any], bool]:
+    """The certified bits of the MNIST networks; Ctrl-C keeps the networks finished."""
+    out: dict[str, Any] = {}
+    by_name = {c.name: c for c in chosen}
+    try:
+        for r in results:
+            case = by_name[r.name]
+            if case.data == MNIST:
+                n = min(PRECISION_IMAGES, r.deepfool.images)
+                out[r.name] = precision_bits(case.model, case.data, n)
+    except KeyboardInterrupt:
+        print(f"interrupted: {len(out)} network(s) with certified bits", file=sys.stderr)
+        return out, True
+    return out, False
+
+
 def reproduce_thesis(
     out_dir: Path,
     limit: int | None = None,
@@ -412,10 +444,15 @@ def reproduce_thesis(
         "torch": torch.__version__,
         "interrupted": interrupted,
     }
+    precision, stopped = _precision(results, chosen)
+    settings["interrupted"] = interrupted or stopped
+    settings["precision_table"] = precision_table(
+        {c.name: c.deepfool.summary()["min_bits"] for c in results}, precision
+    )
     settings["time_s"] = time.perf_counter() - start
     doc = {
         "settings": settings,
-        "tables": _tables(results),
+        "tables": {**_tables(results), "certified_bits": precision},
         "networks": {c.name: _case_json(c) for c in results},
     }
     (out_dir / "report.md").write_text(_markdown(results, settings))

@@ -79,8 +79,14 @@ def _is_input(net: Network, name: str) -> bool:
     return True
 
 
-def sites(net: Network, activations: Format | None, input_fmt: Format | None) -> list[Site]:
-    """The quantized tensors in topological order."""
+def sites(
+    net: Network,
+    activations: Format | None,
+    input_fmt: Format | None,
+    only: frozenset[str] | None = None,
+) -> list[Site]:
+    """The quantized tensors in topological order (``only``: just the activation sites whose
+    source node is named there; the input is chosen by ``input_fmt`` alone)."""
     names = {n.name for n in net.nodes} | {INPUT}
 
     def qname(source: str) -> str:
@@ -99,7 +105,8 @@ def sites(net: Network, activations: Format | None, input_fmt: Format | None) ->
         for node in net.nodes:
             if isinstance(node.op, Affine | Conv):
                 src = node.inputs[0]
-                if not _is_input(net, src) and src not in seen:
+                chosen = only is None or src in only
+                if not _is_input(net, src) and src not in seen and chosen:
                     seen.add(src)
                     out.append(Site(src, qname(src), activations))
         order = {n.name: i for i, n in enumerate(net.nodes)}
@@ -348,6 +355,7 @@ def plan_activations(
     radius: Mapping[str, Tensor] | None = None,
     saturation: Literal["charge", "check"] = "charge",
     staircase: bool = False,
+    only: frozenset[str] | None = None,
 ) -> ActivationPlan:
     """Noise nodes, radii and quantizers of ``--activations`` and ``--input``. ``box`` is the
     query's batch of boxes (B, *input_shape). ``saturation="charge"``: saturation is charged
@@ -355,7 +363,7 @@ def plan_activations(
     ``radius``, the parameter radii already chosen). ``"check"`` (needs calibration data for
     integer formats): no bounds are computed; the radii leave saturation out and ``valid``
     states where they hold, for the caller to check per point."""
-    chosen = sites(net, activations, input)
+    chosen = sites(net, activations, input, only)
     if not chosen:
         return ActivationPlan(net, {}, {}, {}, {})
     ranges = calibration_scales(net, chosen, calibration)

@@ -246,14 +246,8 @@ def accuracy(
             ok = _verified(q, x[todo], y[todo], t, pass_method, chunk)
             status[todo[ok]] = VERIFIED
         _report(progress, "bounded", n, n)
-        todo = torch.nonzero(status == UNKNOWN).flatten()
-        if attack_steps <= 0:
-            todo = todo[:0]
-        found, offsets = _attack(q, x[todo], y[todo], t, attack_steps)
-        hit = found > 0
-        status[todo[hit]], by[todo[hit]], margin[todo[hit]] = FALSIFIED, BY_ATTACK, found[hit]
+        attacked, offsets = _attacks(q, x, y, t, status, by, margin, attack_steps)
         _report(progress, "attacked", n, n)
-    attacked = todo[hit]
     return AccuracyResult(
         status.numpy(),
         by.numpy(),
@@ -262,11 +256,41 @@ def accuracy(
         labels_of(float_logits.flatten(1), t).numpy(),
         labels_of(measured.flatten(1), t).numpy(),
         attacked.numpy(),
-        {k: v[hit].numpy() for k, v in offsets.items()},
+        {k: v.numpy() for k, v in offsets.items()},
         q.describe(),
         int(outside.sum()),
         time.perf_counter() - start,
     )
+
+
+def _attacks(
+    q: Quantized,
+    x: Tensor,
+    y: Tensor,
+    t: float,
+    status: Tensor,
+    by: Tensor,
+    margin: Tensor,
+    steps: int,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Attack the undecided images in two rounds: a short ascent for all (most flips show
+    within a few steps), then the full one for those still undecided. Updates the per-image
+    tensors in place; returns the falsified images and their witnesses' offsets."""
+    images: list[Tensor] = []
+    parts: dict[str, list[Tensor]] = {k: [] for k in q.pert.radius}
+    rounds = (min(3, steps), steps) if steps > 3 else (steps,)
+    for count in rounds if steps > 0 else ():
+        todo = torch.nonzero(status == UNKNOWN).flatten()
+        found, offsets = _attack(q, x[todo], y[todo], t, count)
+        hit = found > 0
+        status[todo[hit]], by[todo[hit]], margin[todo[hit]] = FALSIFIED, BY_ATTACK, found[hit]
+        images.append(todo[hit])
+        for k, v in offsets.items():
+            parts[k].append(v[hit])
+    if not images:
+        empty = {k: torch.zeros((0, *r.shape), dtype=DTYPE) for k, r in q.pert.radius.items()}
+        return torch.zeros(0, dtype=torch.long), empty
+    return torch.cat(images), {k: torch.cat(v) for k, v in parts.items()}
 
 
 def _report(progress: Progress | None, stage: str, done: int, total: int) -> None:

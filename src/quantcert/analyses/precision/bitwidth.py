@@ -13,7 +13,8 @@ measured}``:
 - ``measured``: the accuracy of the model really quantized at ``bits``.
 
 Searched: ``uniform`` (every chosen kind at b bits), per layer (``layers[i].weights`` and
-``layers[i].activations``: that tensor alone at b bits, the rest float), ``input`` alone,
+``layers[i].activations``, the layer's input tensor: that tensor alone at b bits, the rest
+float; a layer reading the network input has that answer under ``input``), ``input`` alone,
 and ``mixed``: per-layer weight widths chosen by an exact integer program
 (``scipy.optimize.milp``) minimising the weight bits (model size) subject to the per-layer
 certified accuracy drops summing to at most the target; the assignment is then certified
@@ -204,6 +205,27 @@ def _layer_weights(fam: Family, name: str) -> Callable[[int], Scheme]:
     return lambda r: Scheme({name: fam.weight(r)})
 
 
+def _layer_activations(fam: Family, source: str) -> Callable[[int], Scheme]:
+    return lambda r: Scheme({}, {}, fam.activation(r), None, frozenset({source}))
+
+
+def layer_inputs(net: Network) -> dict[str, str | None]:
+    """Per weight layer, the node whose output it reads as its activation input (``None``
+    when it reads the network input, possibly reshaped): the tensor ``--activations``
+    quantizes for that layer."""
+    from quantcert.formats.activations import sites
+
+    base = logit_network(net)
+    probe = parse_format("uint8:asym")
+    quantized = {s.source for s in sites(base, probe, None)}
+    out: dict[str, str | None] = {}
+    for node in base.nodes:
+        if isinstance(node.op, Affine | Conv):
+            src = node.inputs[0]
+            out[node.name] = src if src in quantized else None
+    return out
+
+
 def bitwidth(
     net: Network,
     points: np.ndarray,
@@ -228,6 +250,7 @@ def bitwidth(
     float_acc = float((float_pred == use).mean())
     study = Study(net, points, use, target, fam, float_acc, progress)
     names = layers(net)
+    reads = layer_inputs(net)
 
     def uniform(r: int) -> Scheme:
         w = {"*": fam.weight(r)} if "weights" in kinds else {}
@@ -256,6 +279,13 @@ def bitwidth(
         entry["weights"] = ans
         entry["weights_empirical_bits"] = empirical_bits(study, name)
         per_layer_seen[name] = seen
+        source = reads[name]
+        if source is None:
+            entry["activations"] = {"bits": None, "status": "none", "reason": "reads the input"}
+        else:
+            entry["activations"], _ = _answer(
+                study, _layer_activations(fam, source), f"{name} activations"
+            )
         per_layer.append(entry)
     result["layers"] = per_layer
     if mixed and fam.name == "int" and "weights" in kinds:

@@ -7,7 +7,8 @@ bits, i.e. the model size) subject to ``sum d_i(r) x[i, r] <= budget``, where ``
 the certified accuracy drop with layer ``i`` alone at rung ``r``. The per-layer drops do not
 add up to the joint drop in general, so the chosen assignment is certified as one setting;
 only that certificate counts. When it fails, the budget is halved and the program solved
-again, down to budget 0 (every layer at a rung that alone loses nothing certified).
+again, down to budget 0 (every layer at a rung that alone loses nothing certified); then
+every layer is raised to its next wider judged rung, a few times.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from quantcert.analyses.precision.targets import Judgement
 
 _ROUNDS = 5
+#: Rounds at budget 0 that raise every layer to its next wider rung.
+_RAISES = 3
 
 
 def _solve(options: list[list[tuple[int, float, float]]], budget: float) -> list[int] | None:
@@ -65,6 +68,7 @@ def mixed_assignment(
     ]
     full = target.drop if target.kind == "accuracy-drop" else 0.0
     budgets = sorted({full / 2**k for k in range(_ROUNDS - 1)} | {0.0}, reverse=True)
+    budgets += [0.0] * _RAISES
     tried: list[dict[str, object]] = []
     for budget in budgets:
         chosen = _solve(options, budget)
@@ -84,6 +88,12 @@ def mixed_assignment(
         tried.append(entry)
         if joint.status == "verified":
             return {**entry, "status": "verified", "rounds": len(tried), "tried": tried[:-1]}
+        if budget == 0.0:
+            # Tighten: every layer leaves the rung just chosen for a wider one.
+            options = [
+                [o for o in opts if o[0] != r] or opts
+                for opts, r in zip(options, chosen, strict=True)
+            ]
     return {
         "status": "unknown",
         "reason": "no assignment the integer program chose was certified jointly",

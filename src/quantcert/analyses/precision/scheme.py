@@ -40,6 +40,8 @@ class Scheme:
     biases: Mapping[str, Format] = field(default_factory=dict)
     activations: Format | None = None
     input: Format | None = None
+    #: Quantize only the activations read from these nodes (``None``: every site).
+    activation_sources: frozenset[str] | None = None
 
     @classmethod
     def parse(
@@ -74,6 +76,9 @@ class Scheme:
             "biases": {k: v.describe() for k, v in self.biases.items()},
             "activations": None if self.activations is None else self.activations.describe(),
             "input": None if self.input is None else self.input.describe(),
+            "activation_sources": None
+            if self.activation_sources is None
+            else sorted(self.activation_sources),
         }
 
 
@@ -176,7 +181,15 @@ def prepare(
     params = quantized_parameters(base, scheme.weights, scheme.biases)
     data = calibration if calibration is not None else x.numpy()
     plan = plan_activations(
-        base, scheme.activations, scheme.input, Box(x, x), data, weights.radius, "check", True
+        base,
+        scheme.activations,
+        scheme.input,
+        Box(x, x),
+        data,
+        weights.radius,
+        "check",
+        True,
+        scheme.activation_sources,
     )
     merged = explicit(plan.net, {**weights.radius, **plan.noise})
     description = {**weights.description, **scheme.describe(), "kind": "formats"}
