@@ -43,6 +43,18 @@ CalibOpt = Annotated[
     ),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="Use the first N images only")]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Results folder: each finished chunk of images is recorded there, and the same "
+        "command again skips the chunks already done",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="Run the chunks on the dask.distributed scheduler tcp://H:P"),
+]
 JsonOpt = Annotated[
     str | None,
     typer.Option(
@@ -70,6 +82,8 @@ def accuracy(
     calibration: CalibOpt = None,
     limit: LimitOpt = None,
     json: JsonOpt = None,
+    store: StoreOpt = None,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Certified, measured and float accuracy under a quantization scheme."""
     _check_output(json)
@@ -86,7 +100,10 @@ def accuracy(
     points = images.images.numpy()
     check_on_box(net, points.min(0), points.max(0))
     calib = load_calibration(calibration) if calibration is not None else None
-    result = run(net, points, images.labels, scheme, calib, progress=_progress())
+    if store is None and scheduler is None:
+        result = run(net, points, images.labels, scheme, calib, progress=_progress())
+    else:
+        result = _accuracy_units(model, net, points, images.labels, scheme, calib, store, scheduler)
     summary = {"query": "accuracy", "model": model, "data": data, **result.summary()}
     if json is None:
         typer.echo(_accuracy_text(summary))
@@ -98,6 +115,39 @@ def accuracy(
         write_accuracy_witness(result, witness)
         summary["witness_file"] = str(witness)
     write_json(summary, json)
+
+
+def _accuracy_units(
+    model: str,
+    net: Any,
+    points: np.ndarray,
+    labels: np.ndarray,
+    scheme: Any,
+    calib: np.ndarray | None,
+    store: str | None,
+    scheduler: str | None,
+) -> Any:
+    """``accuracy`` as resumable chunks (``--store``), possibly on a cluster (``--scheduler``);
+    Ctrl-C keeps the finished chunks and says how to go on."""
+    from contextlib import ExitStack
+
+    from quantcert.analyses.precision.accuracy_runs import accuracy_units
+    from quantcert.runs import Store, executor_for, model_hash
+
+    model_id = model_hash(model) if Path(model).is_file() else f"case:{model}"
+    with ExitStack() as stack:
+        db = None if store is None else stack.enter_context(Store.open(store))
+        executor = stack.enter_context(executor_for(scheduler))
+        try:
+            return accuracy_units(net, points, labels, scheme, model_id, calib, db, executor)
+        except KeyboardInterrupt:
+            if store is not None:
+                typer.echo(
+                    f"interrupted: the finished chunks are recorded in {store}; the same "
+                    "command resumes there",
+                    err=True,
+                )
+            raise
 
 
 def write_accuracy_witness(result: Any, path: Path) -> None:
@@ -177,6 +227,7 @@ def bitwidth(
         str | None, typer.Option("--plot", help="Bar chart of the bits per layer (.png)")
     ] = None,
     json: JsonOpt = None,
+    store: StoreOpt = None,
 ) -> None:
     """Certified minimum bits per layer, with a witness one bit below."""
     _check_output(json)
@@ -200,7 +251,20 @@ def bitwidth(
     points = images.images.numpy()
     labels = images.labels if images.labels is not None else np.zeros(len(points), np.int64)
     check_on_box(net, points.min(0), points.max(0))
-    result = run(net, points, labels, goal, fam, chosen, progress=_stage_progress())
+    from contextlib import ExitStack
+
+    from quantcert.runs import Store, model_hash
+
+    model_id = model_hash(model) if Path(model).is_file() else f"case:{model}"
+    with ExitStack() as stack:
+        db = None if store is None else stack.enter_context(Store.open(store))
+        try:
+            result = run(net, points, labels, goal, fam, chosen, True, _stage_progress(), db,
+                         model_id)  # fmt: skip
+        except KeyboardInterrupt:
+            if store is not None:
+                typer.echo(f"interrupted: the judged settings are kept in {store}", err=True)
+            raise
     result = {"model": model, "data": data, **result}
     if plot is not None:
         from quantcert.report.bitwidth_plots import plot_layer_bits

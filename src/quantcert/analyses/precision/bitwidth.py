@@ -28,6 +28,7 @@ is never below the certified one, certified bits are never below the empirical o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from quantcert.formats import parse_format
 from quantcert.formats.base import Format
 from quantcert.network import Network
 from quantcert.ops import Affine, Conv
+from quantcert.runs import Store, StudyKey, canonical_json
 
 INT_LADDER = tuple(range(2, 17))
 FLOAT_LADDER = ("fp4-e2m1", "fp6-e3m2", "fp8-e4m3", "bf16", "fp16")
@@ -102,14 +104,27 @@ class Study:
     float_accuracy: float
     progress: Progress | None = None
     judged: int = 0
+    #: Resume: each judged setting is recorded here as it finishes (``runs.Store``).
+    store: Store | None = None
+    study_key: StudyKey | None = None
+    reused: int = 0
 
     def judge(self, scheme: Scheme, what: str) -> Judgement:
+        unit = canonical_json(scheme.describe())
+        if self.store is not None and self.study_key is not None:
+            done = self.store.done(self.study_key)
+            if unit in done:
+                self.reused += 1
+                return Judgement(**done[unit])
         steps = 20 if self.target.kind == "noflip" else 0  # the witness of noflip is one image
         res = accuracy(self.net, self.points, self.labels, scheme, attack_steps=steps)
         self.judged += 1
         if self.progress is not None:
             self.progress(f"{what}: certified {res.summary()['certified_accuracy']:.4f}")
-        return judge(res, self.target, self.float_accuracy)
+        out = judge(res, self.target, self.float_accuracy)
+        if self.store is not None and self.study_key is not None:
+            self.store.record(self.study_key, unit, dataclasses.asdict(out), out.time_s)
+        return out
 
 
 def layers(net: Network) -> list[str]:
@@ -201,6 +216,14 @@ def empirical_bits(study: Study, layer: str) -> int | None:
     return None
 
 
+def _data_hash(points: np.ndarray, labels: np.ndarray) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(points, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _layer_weights(fam: Family, name: str) -> Callable[[int], Scheme]:
     return lambda r: Scheme({name: fam.weight(r)})
 
@@ -235,8 +258,11 @@ def bitwidth(
     kinds: tuple[str, ...] = ("weights", "activations"),
     mixed: bool = True,
     progress: Progress | None = None,
+    store: Store | None = None,
+    model_id: str = "",
 ) -> dict[str, object]:
-    """The bit-width study (see the module docstring); a JSON-ready dict."""
+    """The bit-width study (see the module docstring); a JSON-ready dict. With ``store``,
+    every judged setting is recorded as it finishes and reused by the same study again."""
     from quantcert.analyses.precision.mixed import mixed_assignment
 
     start = time.perf_counter()
@@ -249,6 +275,12 @@ def bitwidth(
     use = float_pred if target.kind == "noflip" else np.asarray(labels)
     float_acc = float((float_pred == use).mean())
     study = Study(net, points, use, target, fam, float_acc, progress)
+    if store is not None:
+        study.store = store
+        study.study_key = StudyKey.of(
+            model_id,
+            {"query": "bitwidth", "target": target.describe(), "data": _data_hash(points, use)},
+        )
     names = layers(net)
     reads = layer_inputs(net)
 
@@ -291,5 +323,6 @@ def bitwidth(
     if mixed and fam.name == "int" and "weights" in kinds:
         result["mixed"] = mixed_assignment(study, names, per_layer_seen, weight_counts(net))
     result["judged_settings"] = study.judged
+    result["reused_settings"] = study.reused
     result["time_s"] = time.perf_counter() - start
     return result
