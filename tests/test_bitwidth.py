@@ -26,7 +26,7 @@ from test_accuracy import MODELS, NETS, _cli, _mnist, _ort_labels, _ort_weight_q
 @pytest.fixture(scope="module")
 def study() -> dict[str, object]:
     net = load(MODELS / NETS["mnist-256x2"], self_check=False)
-    x, y = _mnist(60, start=300)
+    x, y = _mnist(40, start=300)
     target = parse_target("accuracy-drop<=2%")
     return {
         "net": net,
@@ -117,3 +117,50 @@ def test_cli_bitwidth(tmp_path: Path) -> None:
     for args in (["--target", "eps<=1"], ["--family", "mx"], ["--kinds", "bias"]):
         r = _cli("bitwidth", model, "--data", str(data), *args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_fixed_point_fraction_bits_for_global_eps_on_the_cat() -> None:
+    import torch
+
+    from quantcert.analyses.epsilon import input_box
+    from quantcert.analyses.precision.eps_bits import EpsTarget, eps_bits
+    from quantcert.formats.apply import quantized_parameters
+    from quantcert.ops.base import DTYPE
+
+    net = load("cat")
+    lo, hi = np.array([6.3, 2.0]), np.array([20.5, 3.9])  # the cats' data hull
+    box = input_box(net, lo, hi)
+    r = eps_bits(net, box, EpsTarget(0.01))
+    assert r["bits"] is not None
+    cert = r["certificate"]
+    assert cert["upper"] <= 0.01
+    # The real rounding, on a fine grid of the whole box, never beats the certificate.
+    w = {k: parse_format(v) for k, v in r["formats"]["weights"].items()}
+    b = {k: parse_format(v) for k, v in r["formats"]["biases"].items()}
+    params = quantized_parameters(net, w, b)
+    g = torch.stack(torch.meshgrid(torch.linspace(6.3, 20.5, 200, dtype=DTYPE),
+                                   torch.linspace(2.0, 3.9, 200, dtype=DTYPE),
+                                   indexing="ij"), -1).reshape(-1, 2)  # fmt: skip
+    with torch.no_grad():
+        change = float((net(g, params) - net(g)).abs().max())
+    assert change <= cert["upper"]
+    for judged in r["judged"]:
+        assert judged["measured"] <= judged["certificate"]["upper"]
+    # One bit fewer: the stored witness replays to a change above eps.
+    below = r["below"]
+    assert below["status"] == "falsified"
+    wit = below["witness"]
+    nominal = net.param_tensors()
+    moved = {
+        k: nominal[k] + torch.as_tensor(v, dtype=DTYPE) for k, v in wit["param_offsets"].items()
+    }
+    x = torch.as_tensor(wit["x"], dtype=DTYPE).reshape(1, 2)
+    assert bool((x >= box.lo).all() and (x <= box.hi).all())
+    from quantcert.analyses.precision.eps_bits import fixed_maps
+    from quantcert.formats.apply import format_perturbation
+
+    radius = format_perturbation(net, *fixed_maps(net, below["bits"])).radius
+    for k, v in wit["param_offsets"].items():
+        assert bool((torch.as_tensor(v, dtype=DTYPE).abs() <= radius[k]).all())
+    with torch.no_grad():
+        assert float((net(x, moved) - net(x)).abs().max()) > 0.01

@@ -208,7 +208,13 @@ BITWIDTH_HELP = (
 
 def bitwidth(
     model: ModelArg,
-    data: DataOpt,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Images and labels (.npz): targets on data")
+    ] = None,
+    domain: Annotated[
+        str | None,
+        typer.Option("--domain", help="LO:HI,... , .vnnlib or .csv: eps<=E over the whole box"),
+    ] = None,
     target: Annotated[
         str, typer.Option("--target", help="accuracy-drop<=P% (certified) or noflip")
     ] = "accuracy-drop<=1%",
@@ -228,10 +234,19 @@ def bitwidth(
     ] = None,
     json: JsonOpt = None,
     store: StoreOpt = None,
+    space: Annotated[
+        str, typer.Option("--space", help="eps<=E on the output (probabilities) or logits")
+    ] = "output",
 ) -> None:
     """Certified minimum bits per layer, with a witness one bit below."""
     _check_output(json)
     _check_output(plot)
+    if (data is None) == (domain is None):
+        raise InputError("give exactly one of --data and --domain")
+    if domain is not None:
+        _eps_bitwidth(model, domain, target, family_name, space, json)
+        return
+    assert data is not None
     from quantcert.analyses.kappa_data import load_images
     from quantcert.analyses.precision.bitwidth import bitwidth as run
     from quantcert.analyses.precision.bitwidth import family
@@ -277,6 +292,44 @@ def bitwidth(
     from quantcert.report.output import write_json
 
     write_json(result, json)
+
+
+def _eps_bitwidth(
+    model: str, domain: str, target: str, family_name: str, space: str, json: str | None
+) -> None:
+    """``--domain``: the fewest bits (fraction bits for fixed point) for ``eps<=E`` over the
+    box, each rung one global epsilon query."""
+    from quantcert.analyses.epsilon import input_box
+    from quantcert.analyses.precision.eps_bits import eps_bits, parse_eps_target
+    from quantcert.cli_glue import check_on_box, load_model
+    from quantcert.intake.domain import parse_domain
+
+    goal = parse_eps_target(target)
+    if goal is None:
+        raise InputError(f"--target {target!r} with --domain: use eps<=E")
+    net = load_model(model, "file")
+    from quantcert.cli import _case_columns
+
+    lo, hi = parse_domain(domain, int(np.prod(net.input_shape)), _case_columns(model))
+    check_on_box(net, lo, hi)
+    fam = "fixed" if family_name == "fixed" else family_name
+    found = eps_bits(net, input_box(net, lo, hi), goal, fam, space=space)
+    r: dict[str, Any] = {"model": model, "domain": domain, **found}
+    if json is not None:
+        from quantcert.report.output import write_json
+
+        write_json(r, json)
+        return
+    if r["bits"] is None:
+        typer.echo(f"bitwidth {r['target']}: infeasible on the {fam} ladder")
+        return
+    below = r["below"] or {}
+    typer.echo(
+        f"bitwidth {r['target']} over {domain}: {r['bits']} {r['bits_meaning']} "
+        f"({r['formats']}); certified change [{r['certificate']['lower']:.6g}, "
+        f"{r['certificate']['upper']:.6g}], real rounding measured {r['measured']:.6g}; "
+        f"one bit fewer: {below.get('status')} (change {below.get('value')})"
+    )
 
 
 def _bits(answer: Any) -> str:
