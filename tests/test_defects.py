@@ -26,6 +26,12 @@ from quantcert.cases.athletes import DATA_DIR
 _SERVER = r"""
 import json, os, signal, sys, traceback
 import onnx, onnxruntime, quantcert.cli
+# What every call imports (typer's parameter adapters pull in pydantic: 0.4 s), once here.
+for name in ("typer._adapters", "quantcert.intake.onnx_model", "quantcert.analyses.epsilon"):
+    try:
+        __import__(name)
+    except ImportError:
+        pass
 for line in sys.stdin:
     req = json.loads(line)
     sys.stdout.flush()

@@ -71,6 +71,12 @@ def make_perturbation(
 def load_calibration(path: str) -> np.ndarray:
     """``--calibration FILE.npz``: an array ``x`` or ``images`` of inputs (N, ...); uint8
     images are scaled to [0, 1], as everywhere else in the project."""
+    import zipfile
+
+    if not Path(path).is_file():
+        raise InputError(f"--calibration {path}: file not found")
+    if not zipfile.is_zipfile(path):  # else numpy reads it as a pickle and says so
+        raise InputError(f"--calibration {path}: not an .npz archive")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:

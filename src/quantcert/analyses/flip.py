@@ -45,7 +45,14 @@ def threshold(net: Network, level: float | None) -> float:
         if not 0.0 < lv < 1.0:
             raise InputError(f"--level must lie in (0, 1) for a sigmoid output, got {lv}")
         return math.log(lv / (1 - lv))
-    return 0.0 if level is None else level
+    if level is None:
+        return 0.0
+    if not math.isfinite(level):
+        raise InputError(f"--level must be a finite number, got {level}")
+    k = math.prod(net.shapes()[net.logits_node])
+    if k > 1:  # argmax decides: a level would be ignored without a word
+        raise InputError(f"--level needs a single-output network; this one has {k} (argmax)")
+    return level
 
 
 def output_level(net: Network, level: float | None) -> float:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from quantcert.analyses.kappa import METHODS, KappaResult, kappa
-from quantcert.analyses.kappa_data import ImageSet, load_images
+from quantcert.analyses.kappa_data import ImageSet, check_labels, load_images
 from quantcert.errors import InputError
 from quantcert.intake import load
 from quantcert.network import Network
@@ -50,6 +50,7 @@ def kappa_command(
     if store is None and scheduler is None:
         net = load(model)
         images = load_images(data, net.input_shape, limit)
+        check_labels(images, net)
         result = kappa(
             net, images.images, images.labels, method=method, progress=True, radius=radius
         )
@@ -97,6 +98,7 @@ def _kappa_units(
         executor = stack.enter_context(executor_for(scheduler))
         net = load(model)
         images = load_images(data, net.input_shape, limit)
+        check_labels(images, net)
         stack.enter_context(logging_to_stderr())
         model_id = model_identity(model)
         try:

@@ -7,6 +7,7 @@ uint8 images are scaled to [0, 1]; every image is reshaped to the network's inpu
 
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from quantcert.errors import InputError
+from quantcert.network import Network
 from quantcert.ops.base import DTYPE
 
 _BOUND = re.compile(r"\(\s*assert\s*\(\s*(<=|>=)\s+X_(\d+)\s+([-+0-9.eE]+)\s*\)\s*\)")
@@ -146,6 +148,10 @@ def _regex_box(text: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
         (upper if op == "<=" else lower)[i] = v
     if np.isnan(lower).any() or np.isnan(upper).any():
         raise InputError(f"{path}: some inputs X_i lack a lower or an upper bound")
+    empty = np.flatnonzero(lower > upper)
+    if empty.size:
+        i = int(empty[0])
+        raise InputError(f"{path}: X_{i} has lower {float(lower[i])} > upper {float(upper[i])}")
     return lower, upper
 
 
@@ -171,6 +177,21 @@ def _load_vnnlib(paths: list[Path], input_shape: tuple[int, ...], source: str) -
     return ImageSet(
         _fit(np.stack(centres), input_shape, source), None if (known < 0).any() else known, source
     )
+
+
+def check_labels(images: ImageSet, net: Network) -> None:
+    """Refuse labels that name no class of ``net`` (one logit: a binary score, classes 0 and
+    1), which would make the accuracy a silent wrong number."""
+    lab = images.labels
+    if lab is None:
+        return
+    n_logits = math.prod(net.shapes()[net.logits_node])
+    classes = 2 if n_logits == 1 else n_logits
+    if lab.size and (lab.min() < 0 or lab.max() >= classes):
+        raise InputError(
+            f"{images.source}: labels must lie in [0, {classes - 1}] for this model, found "
+            f"{lab.min()}..{lab.max()}"
+        )
 
 
 def load_images(

@@ -37,7 +37,8 @@ _HINT = "give LO:HI,LO:HI,..., a .vnnlib file or a .csv file"
 class CsvBox:
     """Bounding box of CSV columns: ``lower`` / ``upper`` of shape ``(len(columns),)``.
 
-    ``n_rows``: rows used; ``n_dropped``: rows dropped for a missing value in ``columns``.
+    ``n_rows``: rows used; ``n_dropped``: rows dropped for a missing value in ``columns``;
+    ``skipped``: the columns left out as not numeric, each with its first non-number.
     """
 
     lower: np.ndarray
@@ -45,6 +46,7 @@ class CsvBox:
     columns: tuple[str, ...]
     n_rows: int
     n_dropped: int
+    skipped: tuple[str, ...] = ()
 
 
 def parse_domain(
@@ -76,6 +78,11 @@ def parse_domain(
                 ", ".join(box.columns),
             )
         lo, hi = box.lower, box.upper
+        if box.skipped and n_inputs is not None and lo.shape[0] != n_inputs:
+            raise InputError(
+                f"CSV file {text} has {lo.shape[0]} numeric columns, the model takes "
+                f"{n_inputs} inputs (not numeric: {', '.join(box.skipped)})"
+            )
     else:
         lo, hi = _parse_intervals(text)
         if lo.shape[0] == 1 and n_inputs is not None:
@@ -129,7 +136,12 @@ def csv_box(path: str | os.PathLike[str], columns: Sequence[str] | None = None) 
         raise InputError(f"CSV file {name} has no row with values in all of {', '.join(names)}")
     used = table[keep]
     n_used = int(keep.sum())
-    return CsvBox(used.min(axis=0), used.max(axis=0), names, n_used, len(rows) - n_used)
+    skipped = tuple(
+        f"{header[j]!r} ({bad!r})"
+        for j in range(len(header))
+        if j not in chosen and (bad := _bad_cell(cells[j])) is not None
+    )
+    return CsvBox(used.min(axis=0), used.max(axis=0), names, n_used, len(rows) - n_used, skipped)
 
 
 def _read_csv(name: str) -> tuple[list[str], list[list[str]]]:

@@ -59,7 +59,7 @@ def select_output(model: onnx.ModelProto, output: str | None = None) -> onnx.Mod
             return model
         raise InputError(
             f"the ONNX graph has {len(names)} outputs ({', '.join(names)}): choose one "
-            "(from_onnx(..., output=NAME))"
+            "(from_onnx(..., output=NAME); the command line takes single-output graphs)"
         )
     if output not in names:
         raise InputError(f"the ONNX graph has no output {output!r} (it has {', '.join(names)})")
