@@ -387,7 +387,7 @@ def _emit_query(result: Any, json_target: str | None, budget: Any = None, net: A
                 write_npz(one, x=np.asarray(w.x), **parts)
                 files.append(str(one))
             result = dataclasses.replace(result, per_output_files=tuple(files))
-    stopped = "code" in _STOPPED_BY or result.overall.status == "interrupted"
+    stopped = "code" in _STOPPED_BY or (result.overall.reason or "").startswith("interrupted")
     if stopped:
         result = dataclasses.replace(result, spec={**result.spec, "interrupted": True})
     if net is not None:

@@ -70,11 +70,22 @@ class Budget:
 MEMORY_REASON = "memory budget reached"
 
 
+#: Why a search ended short of its gap: the certificate is then ``bounded`` with this reason.
+STOP_REASONS = {
+    "memory": MEMORY_REASON,
+    "timeout": "budget: the time limit was reached",
+    "interrupted": "interrupted: stopped by a signal; the bounds so far hold",
+    "exhausted": "stalled: no split left",
+}
+#: The statuses a certificate carries (README, "Status words").
+STATUSES = ("optimal", "bounded", "verified", "falsified", "unknown")
+
+
 def certificate_status(bab_status: str) -> tuple[str, str | None]:
-    """A branch and bound's end reason as a certificate's (status, reason): the memory
-    budget stops a search short of its gap, so ``bounded`` with a reason."""
-    if bab_status == "memory":
-        return "bounded", MEMORY_REASON
+    """A branch and bound's end reason as a certificate's (status, reason): one vocabulary,
+    ``optimal`` (gap met) or ``bounded`` with the reason it stopped short (``STOP_REASONS``)."""
+    if bab_status in STOP_REASONS:
+        return "bounded", STOP_REASONS[bab_status]
     return bab_status, None
 
 

@@ -321,7 +321,15 @@ def bitwidth(
         per_layer.append(entry)
     result["layers"] = per_layer
     if mixed and fam.name == "int" and "weights" in kinds:
-        result["mixed"] = mixed_assignment(study, names, per_layer_seen, weight_counts(net))
+        u = result["uniform"]
+        rung = u.get("bits") if isinstance(u, dict) else None
+        result["mixed"] = mixed_assignment(
+            study,
+            names,
+            per_layer_seen,
+            weight_counts(net),
+            rung if isinstance(rung, int) else None,
+        )
     result["judged_settings"] = study.judged
     result["reused_settings"] = study.reused
     result["time_s"] = time.perf_counter() - start

@@ -7,8 +7,8 @@ bits, i.e. the model size) subject to ``sum d_i(r) x[i, r] <= budget``, where ``
 the certified accuracy drop with layer ``i`` alone at rung ``r``. The per-layer drops do not
 add up to the joint drop in general, so the chosen assignment is certified as one setting;
 only that certificate counts. When it fails, the budget is halved and the program solved
-again, down to budget 0 (every layer at a rung that alone loses nothing certified); then
-every layer is raised to its next wider judged rung, a few times.
+again (five times); then, at half the budget, every layer is raised above the rung it had,
+a few times.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from quantcert.analyses.precision.scheme import Scheme
 
 if TYPE_CHECKING:
-    from quantcert.analyses.precision.bitwidth import Study
+    from quantcert.analyses.precision.bitwidth import Family, Study
     from quantcert.analyses.precision.targets import Judgement
 
 _ROUNDS = 5
@@ -51,29 +51,51 @@ def _solve(options: list[list[tuple[int, float, float]]], budget: float) -> list
     return chosen
 
 
+def _options(
+    study: Study, judged: dict[int, Judgement], count: int
+) -> list[tuple[int, float, float]]:
+    """(rung, cost, drop) for every rung from the lowest judged one up. A rung the per-layer
+    search did not judge takes the drop of the nearest judged rung below it (more bits never
+    cost accuracy, so this only overstates the drop); the joint certificate decides anyway."""
+    fam = study.fam
+    out = []
+    lowest = min(judged)
+    for r in fam.rungs():
+        if r < lowest:
+            continue
+        below = max(k for k in judged if k <= r)
+        drop = max(0.0, study.float_accuracy - judged[below].certified)
+        out.append((r, float(count * fam.bits(r)), drop))
+    return out
+
+
+def _size(entry: dict[str, object]) -> float:
+    cost = entry["cost"]
+    assert isinstance(cost, dict)
+    return float(cost["weight_bits"])
+
+
+def _size_of(rung: int, counts: dict[str, int], fam: Family) -> float:
+    return float(sum(counts.values()) * fam.bits(rung))
+
+
 def mixed_assignment(
     study: Study,
     names: list[str],
     seen: dict[str, dict[int, Judgement]],
     counts: dict[str, int],
+    uniform: int | None = None,
 ) -> dict[str, object]:
-    """The certified mixed assignment, or why there is none."""
+    """The certified mixed assignment, or why there is none. ``uniform``: the rung of the
+    uniform answer, itself a candidate (every layer at it), so the answer never costs more."""
     fam, target = study.fam, study.target
-    options = [
-        [
-            (r, float(counts[n] * fam.bits(r)), max(0.0, study.float_accuracy - j.certified))
-            for r, j in sorted(seen[n].items())
-        ]
-        for n in names
-    ]
+    options = [_options(study, seen[n], counts[n]) for n in names]
     full = target.drop if target.kind == "accuracy-drop" else 0.0
-    budgets = sorted({full / 2**k for k in range(_ROUNDS - 1)} | {0.0}, reverse=True)
-    budgets += [0.0] * _RAISES
+    halvings = [full / 2**k for k in range(_ROUNDS)]
+    budgets = halvings + [full / 2] * _RAISES
     tried: list[dict[str, object]] = []
-    for budget in budgets:
-        chosen = _solve(options, budget)
-        if chosen is None:
-            break
+
+    def certify(chosen: list[int], budget: float | None) -> dict[str, object]:
         scheme = Scheme({n: fam.weight(r) for n, r in zip(names, chosen, strict=True)})
         joint = study.judge(scheme, "mixed " + ",".join(fam.label(r) for r in chosen))
         size = sum(counts[n] * fam.bits(r) for n, r in zip(names, chosen, strict=True))
@@ -84,16 +106,34 @@ def mixed_assignment(
             "certificate": joint.certificate(),
             "measured": joint.measured,
             "budget": budget,
+            "verified": joint.status == "verified",
         }
         tried.append(entry)
-        if joint.status == "verified":
-            return {**entry, "status": "verified", "rounds": len(tried), "tried": tried[:-1]}
-        if budget == 0.0:
-            # Tighten: every layer leaves the rung just chosen for a wider one.
+        return entry
+
+    best: dict[str, object] | None = None
+    for budget in budgets:
+        chosen = _solve(options, budget)
+        if chosen is None:
+            break
+        entry = certify(chosen, budget)
+        if entry["verified"]:
+            best = entry
+            break
+        if len(tried) >= len(halvings):
+            # Tighten: every layer moves above the rung just chosen (where it can).
             options = [
-                [o for o in opts if o[0] != r] or opts
+                [o for o in opts if o[0] > r] or opts
                 for opts, r in zip(options, chosen, strict=True)
             ]
+    if uniform is not None and (best is None or _size(best) > _size_of(uniform, counts, fam)):
+        # The uniform width is an assignment too: the answer is never worse than it.
+        entry = certify([uniform] * len(names), None)
+        if entry["verified"] and (best is None or _size(entry) < _size(best)):
+            best = entry
+    if best is not None:
+        others = [t for t in tried if t is not best]
+        return {**best, "status": "verified", "rounds": len(tried), "tried": others}
     return {
         "status": "unknown",
         "reason": "no assignment the integer program chose was certified jointly",
