@@ -42,10 +42,16 @@ def exact_certificate(
             for k, v in res.witness_params.items()
         }
         witness = WitnessRecord(np.asarray(res.witness_x), offsets, res.lower)
-    status = res.status
+    from quantcert.analyses.epsilon import STATUSES, certificate_status
+
+    status, reason = certificate_status(res.status)
+    if status not in STATUSES:  # the solver's own word (SCIP's "stopped", "nodelimit", ...)
+        status, reason = "bounded", f"stalled: the solver stopped ({res.status})"
     if status == "optimal" and gap is not None and not reached(res.lower, res.upper, gap):
         status = "bounded"
-    return Certificate(res.lower, res.upper, status, witness, res.time_s, f"exact-{res.engine}")
+    return Certificate(
+        res.lower, res.upper, status, witness, res.time_s, f"exact-{res.engine}", reason
+    )
 
 
 def _where(box: Box) -> tuple[np.ndarray | None, tuple[np.ndarray, np.ndarray] | None]:
