@@ -250,3 +250,41 @@ def test_cli_accuracy_json_and_bad_input(tmp_path: Path) -> None:
         r = _cli("accuracy", model, *args)
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("case", ["cat", "ath-relu", "ath-linear"])
+def test_seed_cases_accuracy_and_bitwidth(case: str) -> None:
+    """The seed's own models on their own data: accuracy under fixed-point weights, and the
+    certified bits with the empirical ones beside them."""
+    from quantcert.analyses.precision.bitwidth import bitwidth, family
+    from quantcert.analyses.precision.targets import parse_target
+    from quantcert.cases.builtin import case_info, read_csv
+
+    net = load(case)
+    x, y, _ = read_csv(case_info(case))
+    gen = np.random.default_rng(0)
+    pick = gen.choice(len(x), size=min(300, len(x)), replace=False)
+    x, y = x[pick], y[pick].astype(np.int64)
+    scheme = Scheme.parse(weights="int6", biases="int6")
+    res = accuracy(net, x, y, scheme)
+    s = res.summary()
+    assert s["certified_accuracy"] <= s["measured_accuracy"] <= 1.0
+    q = prepare(net, scheme, x)
+    xt = torch.as_tensor(x)
+    nominal = q.net.param_tensors()
+    t = 0.0  # logit threshold of the sigmoid head at 0.5
+    ok = torch.as_tensor(res.status == VERIFIED)
+    gen_t = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        params = {
+            k: nominal[k] + (torch.rand(r.shape, generator=gen_t, dtype=DTYPE) * 2 - 1).sign() * r
+            for k, r in q.pert.radius.items()
+        }
+        with torch.no_grad():
+            pred = (q.net(xt, params).flatten() >= t).long()
+        assert (pred[ok] == torch.as_tensor(y)[ok]).all()
+    r = bitwidth(net, x, y, parse_target("accuracy-drop<=1%"), family("int", "per-tensor"),
+                 ("weights",), mixed=False)  # fmt: skip
+    for layer in r["layers"]:  # type: ignore[union-attr]
+        cert, emp = layer["weights"].get("bits"), layer["weights_empirical_bits"]
+        assert cert is None or emp is None or cert >= emp

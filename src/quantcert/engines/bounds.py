@@ -29,7 +29,8 @@ from quantcert.errors import InputError
 from quantcert.network import INPUT, Network, Node
 from quantcert.ops.activations import Elementwise, LeakyReLU
 from quantcert.ops.affine import Affine
-from quantcert.ops.base import DTYPE, REL_MARGIN, Box
+from quantcert.ops.base import DTYPE, REL_MARGIN, Box, Op
+from quantcert.ops.conv import Conv
 
 Method = Literal["ibp", "crown", "alpha", "crown-ibp"]
 """alpha: CROWN with optimised ReLU slopes; crown-ibp: interval bounds on every intermediate
@@ -147,7 +148,7 @@ def backward_upper(
             continue
         ins = [bounds[src] for src in node.inputs]
         own = radii.get(node.name, _NO_RADIUS)
-        if all(src in points for src in node.inputs) and (not own or isinstance(node.op, Affine)):
+        if all(src in points for src in node.inputs) and (not own or _own_box_exact(node.op)):
             c, m = _concretise(a, bounds[node.name])
             const, magnitude = const + c, magnitude + m
             continue
@@ -166,6 +167,14 @@ def backward_upper(
     return const + REL_MARGIN * magnitude
 
 
+def _own_box_exact(op: Op) -> bool:
+    """At a point input, concretising this layer over its own bounds gives the bound its
+    backward transfer would: ``Affine`` outputs read disjoint weights (exact), and ``Conv``'s
+    backward treats each output position's copy of a kernel as its own perturbation, which
+    is what the interval does. (A tighter conv weight transfer must drop ``Conv`` here.)"""
+    return isinstance(op, Affine | Conv)
+
+
 def _point_nodes(net: Network, bounds: Mapping[str, Box], radii: Radii, target: str) -> set[str]:
     """The nodes that hold one point per batch element: the input when its box is a point,
     and every node without parameter radii that reads only such nodes.
@@ -173,8 +182,9 @@ def _point_nodes(net: Network, bounds: Mapping[str, Box], radii: Radii, target: 
     A node that reads only points and either has no radius or is an ``Affine`` layer has its
     reachable set exactly as its bounds (up to their outward margin): ``W x + b`` with
     ``|dW| <= D`` at a point ``x`` is the box ``W x + b +- (D |x| + db)``, each output reading
-    its own weights. ``backward_upper`` concretises there, which loses nothing and skips the
-    backward pass to the input, the cost of local queries."""
+    its own weights (``Conv``: see ``_own_box_exact``). ``backward_upper`` concretises there,
+    which loses nothing and skips the backward pass to the input, the cost of local
+    queries."""
     if not bool(torch.equal(bounds[INPUT].lo, bounds[INPUT].hi)):
         return set()
     points = {INPUT}
