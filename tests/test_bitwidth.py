@@ -114,6 +114,10 @@ def test_cli_bitwidth(tmp_path: Path) -> None:
     s = json.loads(out.read_text())
     assert [layer["name"] for layer in s["layers"]] == ["gemm", "gemm_1", "gemm_2"]
     assert plot.stat().st_size > 1000
+    assert Path(s["pareto_plot"]).stat().st_size > 1000
+    assert [p["bits"] for p in s["uniform_ladder"]] == sorted(
+        p["bits"] for p in s["uniform_ladder"]
+    )
     for args in (["--target", "eps<=1"], ["--family", "mx"], ["--kinds", "bias"]):
         r = _cli("bitwidth", model, "--data", str(data), *args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -230,7 +230,10 @@ def bitwidth(
     ] = "weights,activations",
     limit: LimitOpt = None,
     plot: Annotated[
-        str | None, typer.Option("--plot", help="Bar chart of the bits per layer (.png)")
+        str | None,
+        typer.Option(
+            "--plot", help="Bar chart of the bits per layer (.png), and PLOT.pareto.png beside it"
+        ),
     ] = None,
     json: JsonOpt = None,
     store: StoreOpt = None,
@@ -282,10 +285,12 @@ def bitwidth(
             raise
     result = {"model": model, "data": data, **result}
     if plot is not None:
-        from quantcert.report.bitwidth_plots import plot_layer_bits
+        from quantcert.report.bitwidth_plots import plot_layer_bits, plot_pareto
 
         plot_layer_bits(result, Path(plot))
-        result["plot"] = plot
+        pareto = Path(plot).with_suffix(".pareto.png")
+        plot_pareto(result, pareto)
+        result["plot"], result["pareto_plot"] = plot, str(pareto)
     if json is None:
         typer.echo(_bitwidth_text(result))
         return

@@ -37,3 +37,30 @@ def plot_layer_bits(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_pareto(result: dict[str, Any], path: Path) -> None:
+    """Model size (weight bits) against the accuracy drop, certified (upper bound of the
+    drop) and measured, for the uniform widths judged and the mixed assignment."""
+    ladder = result.get("uniform_ladder") or []
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    size = [p["weight_bits"] / 8 / 1024 for p in ladder]
+    ax.plot(size, [100 * p["certified_drop"] for p in ladder], "o-", label="uniform, certified")
+    ax.plot(size, [100 * p["measured_drop"] for p in ladder], "s--", label="uniform, measured")
+    for p, s in zip(ladder, size, strict=True):
+        ax.annotate(str(p["bits"]), (s, 100 * p["certified_drop"]), textcoords="offset points",
+                    xytext=(3, 3), fontsize=7)  # fmt: skip
+    mixed = result.get("mixed") or {}
+    if mixed.get("status") == "verified":
+        kib = mixed["cost"]["bytes"] / 1024
+        fa = result["float_accuracy"]
+        ax.plot([kib], [100 * (fa - mixed["certificate"]["lower"])], "*", ms=12,
+                label="mixed, certified")  # fmt: skip
+        ax.plot([kib], [100 * (fa - mixed["measured"])], "x", ms=9, label="mixed, measured")
+    ax.set_xlabel("weights (KiB)")
+    ax.set_ylabel("accuracy drop (points)")
+    ax.set_title(f"{result['target']}: size against drop")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

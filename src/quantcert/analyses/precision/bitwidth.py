@@ -299,7 +299,18 @@ def bitwidth(
         "images": len(use),
         "float_accuracy": float_acc,
     }
-    result["uniform"], _ = _answer(study, uniform, "uniform")
+    result["uniform"], ladder = _answer(study, uniform, "uniform")
+    total = sum(weight_counts(net).values())
+    result["uniform_ladder"] = [
+        {
+            "bits": fam.bits(r),
+            "weight_bits": total * fam.bits(r),
+            "certified_drop": float_acc - j.certified,
+            "measured_drop": float_acc - j.measured,
+            "status": j.status,
+        }
+        for r, j in sorted(ladder.items())
+    ]
     result["input"], _ = _answer(
         study, lambda r: Scheme({}, {}, None, fam.activation(r)), "input alone"
     )
