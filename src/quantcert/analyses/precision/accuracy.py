@@ -214,7 +214,7 @@ def accuracy(
     scheme: Scheme,
     calibration: np.ndarray | None = None,
     method: Method = "crown",
-    attack_steps: int = 20,
+    attack_steps: int = 10,
     chunk: int = 256,
     progress: Progress | None = None,
 ) -> AccuracyResult:
