@@ -19,7 +19,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Certified robustness of neural networks to lower precision.",
 )
-register_precision(app)
 
 ModelArg = Annotated[
     str,
@@ -727,6 +726,8 @@ def demo(
 
     run_demo(out)
 
+
+register_precision(app)  # accuracy, bitwidth: after the commands above in --help
 
 #: The exit code of the signal that stopped the run (130 SIGINT, 143 SIGTERM), once one came.
 _STOPPED_BY: dict[str, int] = {}
