@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, numpy_helper
 
+from onnx_cases_act import act_cases
 from onnx_generator import BASES, F32, F64, Case, G, conv_base, cycle_opset, gemm_base
 
 Build = Callable[[G, str], str]
@@ -418,4 +419,5 @@ def cnn_cases() -> list[Case]:
         + concat_cases()
         + slice_split_cases()
         + pool_ceil_cases()
+        + act_cases()
     )

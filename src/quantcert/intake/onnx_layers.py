@@ -17,6 +17,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from quantcert.intake.onnx_act_layers import ACTIVATION_HANDLERS, product
 from quantcert.intake.onnx_attributes import attributes
 from quantcert.intake.onnx_builder import Builder, as_tensor, one_activation, refuse
 from quantcert.intake.onnx_pool_layers import _pool
@@ -180,7 +181,12 @@ def _add_or_sub(b: Builder, n: onnx.NodeProto) -> None:
 def _mul_or_div(b: Builder, n: onnx.NodeProto) -> None:
     attributes(n)
     tensors, consts = b.split(n)
-    if len(tensors) != 1 or (n.op_type == "Div" and n.input[1] in b.alias):
+    if n.op_type == "Mul" and len(tensors) == 2:
+        product(b, n)  # of two activations
+        return
+    if n.op_type == "Div" and n.input[1] in b.alias:
+        raise refuse(n, "division by an activation is not supported")
+    if len(tensors) != 1:
         raise refuse(n, "only a product with, or division by, a constant is supported")
     name = n.input[0] if n.input[0] in b.consts else n.input[1]
     spread = b.broadcast(consts[0], tensors[0], n)
@@ -395,4 +401,5 @@ HANDLERS: dict[str, Callable[[Builder, onnx.NodeProto], None]] = {
     "Constant": _constant,
     "FakeQuant": _fake_quant,
     **SHAPE_HANDLERS,
+    **ACTIVATION_HANDLERS,
 }

@@ -11,6 +11,8 @@ from quantcert.ops.linear import AvgPool, Pad, Reshape, Scale, Sum
 from quantcert.ops.noise import QuantNoise
 from quantcert.ops.normalization import BatchNorm
 from quantcert.ops.pooling import MaxPool, PaddedAvgPool, PaddedMaxPool
+from quantcert.ops.product import Mul
+from quantcert.ops.smooth import Elu, Erf, HardSwish, Softplus
 
 __all__ = [
     "DTYPE",
@@ -21,9 +23,13 @@ __all__ = [
     "Clip",
     "Concat",
     "Conv",
+    "Elu",
+    "Erf",
+    "HardSwish",
     "Identity",
     "LeakyReLU",
     "MaxPool",
+    "Mul",
     "Op",
     "Pad",
     "PaddedAvgPool",
@@ -36,6 +42,7 @@ __all__ = [
     "Sigmoid",
     "Slice",
     "Softmax",
+    "Softplus",
     "Sum",
     "Tanh",
     "Transpose",
