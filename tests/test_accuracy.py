@@ -127,8 +127,10 @@ def test_verified_images_hold_under_onnxruntime_weight_rounding(name: str) -> No
 @pytest.mark.parametrize("name", ["mnist-256x2", "convnet-avgpool"])
 def test_certificates_survive_sampled_settings_and_witnesses_replay(name: str) -> None:
     net = load(MODELS / NETS[name], self_check=False)
-    x, y = _mnist(16, start=100)
-    scheme = Scheme.parse(weights="int6:per-channel", activations="uint8:asym")
+    x, y = _mnist(16 if name == "mnist-256x2" else 8, start=100)
+    # Coarse enough that some images are attacked; the conv net's attack is the dearest.
+    bits = 6 if name == "mnist-256x2" else 7
+    scheme = Scheme.parse(weights=f"int{bits}:per-channel", activations="uint8:asym")
     res = accuracy(net, x, y, scheme)
     q = prepare(net, scheme, x)
     xt = torch.as_tensor(x).reshape(-1, *net.input_shape)
@@ -155,6 +157,9 @@ def test_certificates_survive_sampled_settings_and_witnesses_replay(name: str) -
         assert pred != y[idx]
         assert res.by[idx] == BY_ATTACK and res.status[idx] == FALSIFIED
     assert res.outside_box == 0
+    # Neither check is empty: the MLP at int6 has attack witnesses, the conv net at int7
+    # verified images for the sampling to attack.
+    assert len(res.attack_images) > 0 if name == "mnist-256x2" else int(verified.sum()) > 0
 
 
 def test_coarse_formats_are_falsified_by_witnesses() -> None:
@@ -241,10 +246,9 @@ def test_cli_accuracy_json_and_bad_input(tmp_path: Path) -> None:
     w = np.load(s["witness_file"])
     assert (w["status"] == VERIFIED).sum() == s["counts"]["verified"]
     np.savez(tmp_path / "nolabels.npz", images=x)
+    # (More bad input to accuracy, through a fast runner: tests/test_bad_input.py.)
     for args in (
         ["--data", str(tmp_path / "nolabels.npz"), "--weights", "int8"],
-        ["--data", str(data), "--weights", "int99"],
-        ["--data", str(data)],
         ["--data", str(data), "--weights", "int8", "--json", str(data / "x.json")],
     ):
         r = _cli("accuracy", model, *args)

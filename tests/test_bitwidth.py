@@ -104,7 +104,7 @@ def test_targets_and_families_refused() -> None:
 
 def test_cli_bitwidth(tmp_path: Path) -> None:
     data = tmp_path / "d.npz"
-    x, y = _mnist(30)
+    x, y = _mnist(15)
     np.savez(data, images=(x * 255).astype(np.uint8), labels=y)
     model = str(MODELS / NETS["mnist-256x2"])
     out, plot = tmp_path / "b.json", tmp_path / "b.png"
@@ -118,7 +118,7 @@ def test_cli_bitwidth(tmp_path: Path) -> None:
     assert [p["bits"] for p in s["uniform_ladder"]] == sorted(
         p["bits"] for p in s["uniform_ladder"]
     )
-    for args in (["--target", "eps<=1"], ["--family", "mx"], ["--kinds", "bias"]):
+    for args in (["--target", "eps<=1"],):  # the others: test_targets_and_families_refused
         r = _cli("bitwidth", model, "--data", str(data), *args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
