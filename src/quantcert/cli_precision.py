@@ -65,11 +65,17 @@ JsonOpt = Annotated[
 ]
 
 
-def _check_output(json_target: str | None) -> None:
-    if json_target not in (None, "-"):
-        from quantcert.report.output import check_output_path
+def _check_output(target: str | None, flag: str) -> None:
+    from quantcert.report.output import check_output_path
 
-        check_output_path(json_target, "--json")
+    check_output_path(target, flag)
+
+
+def _model_id(model: str) -> str:
+    """The store's identity of MODEL: the file's sha256, or the built-in case's name."""
+    from quantcert.runs import model_hash
+
+    return model_hash(model) if Path(model).is_file() else f"case:{model}"
 
 
 def accuracy(
@@ -86,7 +92,7 @@ def accuracy(
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Certified, measured and float accuracy under a quantization scheme."""
-    _check_output(json)
+    _check_output(json, "--json")
     from quantcert.analyses.kappa_data import load_images
     from quantcert.analyses.precision import Scheme
     from quantcert.analyses.precision import accuracy as run
@@ -101,7 +107,7 @@ def accuracy(
     check_on_box(net, points.min(0), points.max(0))
     calib = load_calibration(calibration) if calibration is not None else None
     if store is None and scheduler is None:
-        result = run(net, points, images.labels, scheme, calib, progress=_progress())
+        result = run(net, points, images.labels, scheme, calib, progress=_stage_progress())
     else:
         result = _accuracy_units(model, net, points, images.labels, scheme, calib, store, scheduler)
     summary = {"query": "accuracy", "model": model, "data": data, **result.summary()}
@@ -132,9 +138,9 @@ def _accuracy_units(
     from contextlib import ExitStack
 
     from quantcert.analyses.precision.accuracy_runs import accuracy_units
-    from quantcert.runs import Store, executor_for, model_hash
+    from quantcert.runs import Store, executor_for
 
-    model_id = model_hash(model) if Path(model).is_file() else f"case:{model}"
+    model_id = _model_id(model)
     with ExitStack() as stack:
         db = None if store is None else stack.enter_context(Store.open(store))
         executor = stack.enter_context(executor_for(scheduler))
@@ -185,13 +191,14 @@ def _accuracy_text(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _progress() -> Any:
+def _stage_progress() -> Any:
+    """A line per finished stage on a terminal's stderr (``report(stage, *counts)``)."""
     import sys
     import time
 
     start = time.perf_counter()
 
-    def report(stage: str, done: int, total: int) -> None:
+    def report(stage: str, *counts: int) -> None:
         if sys.stderr.isatty():
             typer.echo(f"  {time.perf_counter() - start:6.1f} s  {stage}", err=True)
 
@@ -242,8 +249,8 @@ def bitwidth(
     ] = "output",
 ) -> None:
     """Certified minimum bits per layer, with a witness one bit below."""
-    _check_output(json)
-    _check_output(plot)
+    _check_output(json, "--json")
+    _check_output(plot, "--plot")
     if (data is None) == (domain is None):
         raise InputError("give exactly one of --data and --domain")
     if domain is not None:
@@ -271,9 +278,9 @@ def bitwidth(
     check_on_box(net, points.min(0), points.max(0))
     from contextlib import ExitStack
 
-    from quantcert.runs import Store, model_hash
+    from quantcert.runs import Store
 
-    model_id = model_hash(model) if Path(model).is_file() else f"case:{model}"
+    model_id = _model_id(model)
     with ExitStack() as stack:
         db = None if store is None else stack.enter_context(Store.open(store))
         try:
@@ -376,19 +383,6 @@ def _bitwidth_text(r: dict[str, Any]) -> str:
         "empirical: the fewest whose real rounding measured meets it (never more)"
     )
     return "\n".join(lines)
-
-
-def _stage_progress() -> Any:
-    import sys
-    import time
-
-    start = time.perf_counter()
-
-    def report(stage: str) -> None:
-        if sys.stderr.isatty():
-            typer.echo(f"  {time.perf_counter() - start:6.1f} s  {stage}", err=True)
-
-    return report
 
 
 def register(app: typer.Typer) -> None:

@@ -122,19 +122,24 @@ def _margin_rows(k: int, c: int) -> Tensor:
     return torch.stack([eye[j] - eye[c] for j in range(k) if j != c])
 
 
+def _wrong_side(z: Tensor, y: Tensor, t: float) -> tuple[Tensor, Tensor]:
+    """(B,) ``max_{j != y} z_j - z_y`` of logits ``z`` (B, K) and the ``j`` attaining it;
+    binary (K = 1): the distance past the threshold ``t`` on the wrong side, ``j = 0``."""
+    if z.shape[1] == 1:
+        return torch.where(y == 1, t - z[:, 0], z[:, 0] - t), torch.zeros_like(y)
+    mask = torch.nn.functional.one_hot(y, z.shape[1]).bool()
+    zc = z.gather(1, y[:, None])
+    d, j = (z - zc).masked_fill(mask, -torch.inf).max(1)
+    return d, j
+
+
 def margins(logits: Tensor, error: Tensor, y: Tensor, t: float) -> Tensor:
     """(B,) certified lower bounds of ``max_{j != y} z_j - z_y`` (binary: the distance past
     the threshold on the wrong side): > 0 means the label is provably not ``y``."""
     z, e = logits.flatten(1), error.flatten(1)
-    if z.shape[1] == 1:
-        d = torch.where(y == 1, t - z[:, 0], z[:, 0] - t)
-        err = e[:, 0]
-    else:
-        mask = torch.nn.functional.one_hot(y, z.shape[1]).bool()
-        zc, ec = z[torch.arange(z.shape[0]), y], e[torch.arange(z.shape[0]), y]
-        other = (z - zc[:, None]).masked_fill(mask, -torch.inf)
-        d, j = other.max(1)
-        err = e[torch.arange(z.shape[0]), j] + ec
+    d, j = _wrong_side(z, y, t)
+    rows = torch.arange(z.shape[0])
+    err = e[:, 0] if z.shape[1] == 1 else e[rows, j] + e[rows, y]
     low = d - err * (1 + 4 * _ULP) - d.abs() * 2 * _ULP
     return torch.nextafter(low, torch.full_like(low, -torch.inf))
 
@@ -146,13 +151,8 @@ class _MarginObjective:
         self.net, self.y, self.t = net, y, t
 
     def __call__(self, x: Tensor, params: Mapping[str, Tensor]) -> Tensor:
-        z = self.net(x, params).flatten(1)
-        if z.shape[1] == 1:
-            return torch.where(self.y == 1, self.t - z[:, 0], z[:, 0] - self.t)[:, None]
-        mask = torch.nn.functional.one_hot(self.y, z.shape[1]).bool()
-        zc = z.gather(1, self.y[:, None])
-        worst: Tensor = (z - zc).masked_fill(mask, -torch.inf).max(1, keepdim=True).values
-        return worst
+        d, _ = _wrong_side(self.net(x, params).flatten(1), self.y, self.t)
+        return d[:, None]
 
 
 def _verified(q: Quantized, x: Tensor, y: Tensor, t: float, method: Method, chunk: int) -> Tensor:
